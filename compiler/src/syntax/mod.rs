@@ -1,0 +1,7 @@
+//! Syntax: the grammar-driven parser and the AST it produces.
+
+pub mod ast;
+pub mod parser;
+pub mod recover;
+
+pub use parser::{parse_file, parse_strict};

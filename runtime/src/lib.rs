@@ -1,0 +1,1 @@
+//! loraC runtime
