@@ -1,0 +1,742 @@
+//! The compile-time evaluator: resolves names, computes scalars, infers tensor shapes.
+
+use super::builtins;
+use super::value::{shape_str, Dim, Tensor, Value};
+use crate::diag::{codes, suggest, Code, Diagnostic, Diagnostics, Span};
+use crate::syntax::ast::{BinOp, Expr, ExprKind};
+use std::collections::HashMap;
+
+/// What a binding is, for messages and unused-binding warnings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BindKind {
+    /// Adapter parameter.
+    Param,
+    /// `let`.
+    Let,
+    /// Built-in name (`x`, `m`, `layer`, the base weight).
+    Builtin,
+    /// Trainable tensor.
+    Tensor,
+    /// Expert index variable.
+    ExpertVar,
+}
+
+/// A name in scope.
+#[derive(Clone, Debug)]
+pub struct Binding {
+    /// Its value.
+    pub value: Value,
+    /// Where it was declared.
+    pub span: Option<Span>,
+    /// What it is.
+    pub kind: BindKind,
+    /// Whether any expression read it.
+    pub used: bool,
+}
+
+/// Where an expression is evaluated; decides which names and values are legal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// An adapter body (tensors allowed).
+    Adapter,
+    /// Constants only (defaults, model arguments).
+    Const,
+    /// Attach arguments (allocation rules, `layer`).
+    Attach,
+    /// Train settings (bare names are symbols).
+    Train,
+}
+
+/// The evaluator state.
+pub struct Eval<'d> {
+    /// Diagnostics sink.
+    pub diags: &'d mut Diagnostics,
+    /// Scopes, innermost last.
+    pub scopes: Vec<Vec<(String, Binding)>>,
+    /// Evaluation mode.
+    pub mode: Mode,
+    /// Experts blocks of the adapter: variable → number of experts.
+    pub expert_blocks: HashMap<String, Dim>,
+    /// Set while evaluating an `init` rewrite (the input `x` is not available).
+    pub in_init: bool,
+    /// Whether unused-binding warnings are reported.
+    pub warn_unused: bool,
+}
+
+impl<'d> Eval<'d> {
+    /// A fresh evaluator with one empty scope.
+    pub fn new(diags: &'d mut Diagnostics, mode: Mode) -> Eval<'d> {
+        Eval {
+            diags,
+            scopes: vec![Vec::new()],
+            mode,
+            expert_blocks: HashMap::new(),
+            in_init: false,
+            warn_unused: false,
+        }
+    }
+
+    /// Reports an error and returns the poison value.
+    pub fn err(
+        &mut self,
+        code: Code,
+        msg: impl Into<String>,
+        span: Span,
+        label: impl Into<String>,
+        help: impl Into<String>,
+    ) -> Value {
+        self.diags
+            .push(Diagnostic::error(code, msg).at(span, label).help(help));
+        Value::Poison
+    }
+
+    /// Pushes a scope.
+    pub fn push(&mut self) {
+        self.scopes.push(Vec::new());
+    }
+
+    /// Pops a scope, warning about unused `let`s.
+    pub fn pop(&mut self) {
+        if let Some(scope) = self.scopes.pop() {
+            self.warn_unused_in(&scope);
+        }
+    }
+
+    /// Warns about unused lets and parameters among these bindings.
+    pub fn warn_unused_in(&mut self, scope: &[(String, Binding)]) {
+        if !self.warn_unused {
+            return;
+        }
+        for (name, b) in scope {
+            if b.used || name.starts_with('_') {
+                continue;
+            }
+            let Some(span) = b.span else { continue };
+            let d = match b.kind {
+                BindKind::Let => {
+                    Diagnostic::warning(codes::UNUSED_LET, format!("`{name}` is never used"))
+                        .at(span, "bound here")
+                        .help(format!(
+                            "remove the binding, or rename it `_{name}` to keep it"
+                        ))
+                }
+                BindKind::Param => Diagnostic::warning(
+                    codes::UNUSED_PARAMETER,
+                    format!("adapter parameter `{name}` is never used"),
+                )
+                .at(span, "declared here")
+                .help(format!("remove the parameter, or rename it `_{name}`")),
+                _ => continue,
+            };
+            self.diags.push(d);
+        }
+    }
+
+    /// Binds a name in the innermost scope (or the outermost with `outer`).
+    pub fn bind(
+        &mut self,
+        name: &str,
+        value: Value,
+        span: Option<Span>,
+        kind: BindKind,
+        outer: bool,
+    ) {
+        let used = matches!(
+            kind,
+            BindKind::Builtin | BindKind::ExpertVar | BindKind::Tensor
+        );
+        let b = Binding {
+            value,
+            span,
+            kind,
+            used,
+        };
+        let scope = if outer {
+            self.scopes.first_mut()
+        } else {
+            self.scopes.last_mut()
+        };
+        if let Some(s) = scope {
+            s.push((name.to_string(), b));
+        }
+    }
+
+    /// Finds a binding, innermost first.
+    pub fn lookup(&mut self, name: &str) -> Option<&mut Binding> {
+        self.scopes
+            .iter_mut()
+            .rev()
+            .flat_map(|s| s.iter_mut().rev())
+            .find(|(n, _)| n == name)
+            .map(|(_, b)| b)
+    }
+
+    /// All names in scope (for "did you mean").
+    pub fn names(&self) -> Vec<String> {
+        self.scopes
+            .iter()
+            .flat_map(|s| s.iter().map(|(n, _)| n.clone()))
+            .collect()
+    }
+
+    /// Evaluates an expression.
+    pub fn eval(&mut self, e: &Expr) -> Value {
+        match &e.kind {
+            ExprKind::Int(i) => Value::Int(*i),
+            ExprKind::Float(f) => Value::Float(*f),
+            ExprKind::Str(s) => Value::Str(s.clone()),
+            ExprKind::Bool(b) => Value::Bool(*b),
+            ExprKind::Name(n) => self.name(n, e.span),
+            ExprKind::Call { func, args } => builtins::call(self, func, args, e.span),
+            ExprKind::Binary { op, op_span, lhs, rhs } => {
+                let l = self.eval(lhs);
+                let r = self.eval(rhs);
+                self.binary(*op, *op_span, (&l, lhs.span), (&r, rhs.span))
+            }
+            ExprKind::Neg(inner) => match self.eval(inner) {
+                Value::Int(i) => Value::Int(i.wrapping_neg()),
+                Value::Float(f) => Value::Float(-f),
+                v @ (Value::SomeInt | Value::SomeFloat | Value::Poison) => v,
+                Value::Tensor(t) => Value::Tensor(Tensor::of(t.dims)),
+                other => self.type_err("a number or tensor", &other, inner.span),
+            },
+            ExprKind::Transpose(inner) => match self.eval(inner) {
+                Value::Tensor(t) if t.dims.len() == 2 => Value::Tensor(Tensor::of(vec![t.dims[1].clone(), t.dims[0].clone()])),
+                Value::Tensor(t) => self.err(
+                    codes::BAD_TRANSPOSE,
+                    format!("`^T` needs a matrix, found a tensor of shape {}", t.shape()),
+                    e.span,
+                    format!("this has {} dimensions", t.dims.len()),
+                    "transpose only 2-D tensors; index per-expert tensors first (`A[e]^T`)",
+                ),
+                Value::Experts { .. } => self.err(
+                    codes::BAD_TRANSPOSE,
+                    "`^T` of a per-expert tensor",
+                    e.span,
+                    "this holds one matrix per expert",
+                    "index the expert first: `A[e]^T`",
+                ),
+                Value::Poison => Value::Poison,
+                other => self.type_err("a matrix", &other, inner.span),
+            },
+            ExprKind::Index { base, index } => self.index(base, index, e.span),
+            ExprKind::List(items) => Value::List(items.iter().map(|i| self.eval(i)).collect()),
+            ExprKind::Tuple(items) => Value::Tuple(items.iter().map(|i| self.eval(i)).collect()),
+            ExprKind::If { cond, then, otherwise } => {
+                let c = self.eval(cond);
+                let a = self.eval(then);
+                let b = self.eval(otherwise);
+                match c {
+                    Value::Bool(true) => a,
+                    Value::Bool(false) => b,
+                    Value::Poison => a,
+                    other => self.type_err("a bool condition", &other, cond.span),
+                }
+            }
+            ExprKind::LetIn { name, value, body } => {
+                let v = self.eval(value);
+                self.check_reserved(&name.name, name.span);
+                self.push();
+                self.bind(&name.name, v, Some(name.span), BindKind::Let, false);
+                let r = self.eval(body);
+                self.pop();
+                r
+            }
+            ExprKind::Lambda { .. } => self.err(
+                codes::TYPE_MISMATCH,
+                "a function is not allowed here",
+                e.span,
+                "function literal",
+                "write the value directly; attach arguments may use earlier arguments, e.g. `k = min(2, E)`",
+            ),
+        }
+    }
+
+    /// Reports `E0112` when a binding would shadow a built-in name.
+    pub fn check_reserved(&mut self, name: &str, span: Span) -> bool {
+        let reserved = ["x", "layer", "layers"].contains(&name) || builtins::is_builtin(name);
+        if reserved {
+            self.diags.push(
+                Diagnostic::error(codes::RESERVED_NAME, format!("`{name}` is a built-in name"))
+                    .at(span, "shadows a built-in")
+                    .help(format!("choose another name, e.g. `{name}_`")),
+            );
+        }
+        reserved
+    }
+
+    /// Reports a type mismatch and returns poison.
+    pub fn type_err(&mut self, expected: &str, found: &Value, span: Span) -> Value {
+        if *found == Value::Poison {
+            return Value::Poison;
+        }
+        self.err(
+            codes::TYPE_MISMATCH,
+            format!("expected {expected}, found {}", found.describe()),
+            span,
+            format!("this is {}", found.describe()),
+            format!("use {expected} here"),
+        )
+    }
+
+    fn name(&mut self, n: &str, span: Span) -> Value {
+        if self.in_init && n == "x" {
+            return self.err(
+                codes::NOT_CONSTANT,
+                "an `init` rewrite cannot depend on the input `x`",
+                span,
+                "the layer input",
+                "`init` runs once before training; use only the base weight, parameters and constants",
+            );
+        }
+        if let Some(b) = self.lookup(n) {
+            b.used = true;
+            return b.value.clone();
+        }
+        if self.mode == Mode::Train {
+            return Value::Symbol(n.to_string());
+        }
+        if self.expert_blocks.contains_key(n) {
+            return self.err(
+                codes::BAD_EXPERT_INDEX,
+                format!("expert variable `{n}` used outside its experts block"),
+                span,
+                "not bound here",
+                format!(
+                    "sum over the experts with `sum({n}, …)`, or move this into `experts {n} in …`"
+                ),
+            );
+        }
+        let mut cands = self.names();
+        cands.extend(builtins::names().iter().map(|s| s.to_string()));
+        if self.mode == Mode::Attach {
+            cands.extend(["layer".to_string(), "layers".to_string()]);
+        }
+        let fallback = match self.mode {
+            Mode::Adapter => {
+                format!("declare it first: `let {n} = …`, or add it to the adapter's parameters")
+            }
+            Mode::Attach => {
+                "attach arguments may use constants, `layer`, `layers` and earlier arguments".into()
+            }
+            _ => "only constants are allowed here".into(),
+        };
+        let help = suggest(n, cands.iter().map(|s| s.as_str()), fallback);
+        self.err(
+            codes::UNKNOWN_NAME,
+            format!("unknown name `{n}`"),
+            span,
+            "not found in this scope",
+            help,
+        )
+    }
+
+    fn index(&mut self, base: &Expr, index: &Expr, span: Span) -> Value {
+        let b = self.eval(base);
+        let i = self.eval(index);
+        match (&b, &i) {
+            (Value::Poison, _) | (_, Value::Poison) => Value::Poison,
+            (Value::Experts { count, elem }, Value::ExpertVar { count: c2, name }) => {
+                if !count.compatible(c2) {
+                    return self.err(
+                        codes::BAD_INDEX,
+                        format!("`{name}` ranges over {c2} experts but this tensor has {count}"),
+                        index.span,
+                        "expert variable of another experts block",
+                        "index each tensor with the variable of the block that declared it",
+                    );
+                }
+                Value::Tensor(elem.clone())
+            }
+            (Value::Experts { count, elem }, Value::Int(k)) => {
+                if let Dim::N(c) = count {
+                    if *k < 0 || k >= c {
+                        return self.err(
+                            codes::BAD_INDEX,
+                            format!("expert index {k} is out of range for {c} experts"),
+                            index.span,
+                            format!("valid indices are 0..{c}"),
+                            format!("use an index below {c}"),
+                        );
+                    }
+                }
+                Value::Tensor(elem.clone())
+            }
+            (Value::Tensor(t), Value::ExpertVar { .. } | Value::Int(_)) => {
+                let Some(last) = t.dims.last() else {
+                    return self.err(
+                        codes::BAD_INDEX,
+                        "cannot index a scalar tensor",
+                        span,
+                        "scalar",
+                        "index tensors with at least one dimension",
+                    );
+                };
+                if let Value::ExpertVar { count, name } = &i {
+                    if last.compatible(count) {
+                        // fine: selects expert `name`'s column
+                    } else {
+                        return self.err(
+                        codes::BAD_INDEX,
+                        format!("`{name}` ranges over {count} experts but the last dimension is {last}"),
+                        base.span,
+                        format!("this is {}", t.shape()),
+                        "index a gate whose last dimension is the number of experts",
+                    );
+                    }
+                }
+                if let (Value::Int(k), Dim::N(c)) = (&i, last) {
+                    if *k < 0 || k >= c {
+                        return self.err(
+                            codes::BAD_INDEX,
+                            format!("index {k} is out of range for a last dimension of {c}"),
+                            index.span,
+                            format!("valid indices are 0..{c}"),
+                            format!("use an index below {c}"),
+                        );
+                    }
+                }
+                let mut dims = t.dims.clone();
+                if let Some(l) = dims.last_mut() {
+                    *l = Dim::N(1);
+                }
+                Value::Tensor(Tensor::of(dims))
+            }
+            (Value::List(items), Value::Int(k)) => {
+                match usize::try_from(*k).ok().and_then(|k| items.get(k)) {
+                    Some(v) => v.clone(),
+                    None => self.err(
+                        codes::BAD_INDEX,
+                        format!("index {k} is out of range for a list of {}", items.len()),
+                        index.span,
+                        "out of range",
+                        format!("use an index below {}", items.len()),
+                    ),
+                }
+            }
+            (Value::Experts { .. } | Value::Tensor(_), other) => self.err(
+                codes::BAD_INDEX,
+                format!("cannot index a tensor with {}", other.describe()),
+                index.span,
+                "not an expert variable or integer",
+                "index with the experts variable (`A[e]`) or an integer constant",
+            ),
+            (other, _) => self.err(
+                codes::BAD_INDEX,
+                format!("{} cannot be indexed", other.describe()),
+                base.span,
+                "not indexable",
+                "only per-expert tensors, tensors and lists can be indexed",
+            ),
+        }
+    }
+
+    /// Evaluates a binary operator on evaluated operands.
+    pub fn binary(
+        &mut self,
+        op: BinOp,
+        op_span: Span,
+        l: (&Value, Span),
+        r: (&Value, Span),
+    ) -> Value {
+        let ((lv, ls), (rv, rs)) = (l, r);
+        if *lv == Value::Poison || *rv == Value::Poison {
+            return Value::Poison;
+        }
+        for (v, s) in [(lv, ls), (rv, rs)] {
+            if let Value::Experts { .. } = v {
+                return self.err(
+                    codes::TYPE_MISMATCH,
+                    "a per-expert tensor must be indexed before use",
+                    s,
+                    "holds one tensor per expert",
+                    "index it with the expert variable: `A[e]`, inside `sum(e, …)`",
+                );
+            }
+        }
+        let tensor_l = matches!(lv, Value::Tensor(_));
+        let tensor_r = matches!(rv, Value::Tensor(_));
+        if op == BinOp::MatMul {
+            return self.matmul(op_span, (lv, ls), (rv, rs));
+        }
+        if tensor_l || tensor_r {
+            if matches!(
+                op,
+                BinOp::Eq
+                    | BinOp::Ne
+                    | BinOp::Lt
+                    | BinOp::Le
+                    | BinOp::Gt
+                    | BinOp::Ge
+                    | BinOp::FloorDiv
+            ) {
+                return self.err(
+                    codes::TYPE_MISMATCH,
+                    format!("`{}` is not defined on tensors", op.symbol()),
+                    op_span,
+                    "scalar-only operator",
+                    "use `+ - * / **` or builtins on tensors",
+                );
+            }
+            let ld = self.tensor_dims(lv, ls);
+            let rd = self.tensor_dims(rv, rs);
+            let (Some(ld), Some(rd)) = (ld, rd) else {
+                return Value::Poison;
+            };
+            return match broadcast(&ld, &rd) {
+                Some(d) => Value::Tensor(Tensor::of(d)),
+                None => {
+                    self.diags.push(
+                        Diagnostic::error(
+                            codes::BROADCAST_MISMATCH,
+                            format!("cannot apply `{}` to shapes {} and {}", op.symbol(), shape_str(&ld), shape_str(&rd)),
+                        )
+                        .at(op_span, "shapes do not broadcast")
+                        .also(ls, format!("this is {}", shape_str(&ld)))
+                        .also(rs, format!("this is {}", shape_str(&rd)))
+                        .help("elementwise operands must have equal dimensions, or 1, aligned from the right"),
+                    );
+                    Value::Poison
+                }
+            };
+        }
+        self.scalar(op, op_span, (lv, ls), (rv, rs))
+    }
+
+    fn tensor_dims(&mut self, v: &Value, span: Span) -> Option<Vec<Dim>> {
+        match v {
+            Value::Tensor(t) => Some(t.dims.clone()),
+            v if v.is_num() => Some(Vec::new()),
+            other => {
+                self.type_err("a number or tensor", other, span);
+                None
+            }
+        }
+    }
+
+    fn matmul(
+        &mut self,
+        op_span: Span,
+        (lv, ls): (&Value, Span),
+        (rv, rs): (&Value, Span),
+    ) -> Value {
+        let (Value::Tensor(a), Value::Tensor(b)) = (lv, rv) else {
+            let (bad, s) = if matches!(lv, Value::Tensor(_)) {
+                (rv, rs)
+            } else {
+                (lv, ls)
+            };
+            return self.err(
+                codes::TYPE_MISMATCH,
+                format!("`@` needs two tensors, found {}", bad.describe()),
+                s,
+                format!("this is {}", bad.describe()),
+                "use `*` to scale a tensor by a scalar",
+            );
+        };
+        if a.dims.len() < 2 || b.dims.len() != 2 {
+            return self.err(
+                codes::MATMUL_MISMATCH,
+                format!("`@` needs matrices, found {} @ {}", a.shape(), b.shape()),
+                op_span,
+                "matrix product",
+                "both operands of `@` must be 2-D; reshape vectors or use `*`",
+            );
+        }
+        let inner_a = &a.dims[a.dims.len() - 1];
+        let inner_b = &b.dims[0];
+        if !inner_a.compatible(inner_b) {
+            let help = if inner_a.compatible(&b.dims[1]) {
+                "transpose the right operand: write it with `^T`".to_string()
+            } else {
+                format!("the left operand's last dimension ({inner_a}) must equal the right operand's first ({inner_b})")
+            };
+            self.diags.push(
+                Diagnostic::error(
+                    codes::MATMUL_MISMATCH,
+                    format!(
+                        "cannot multiply {} by {}: inner dimensions {inner_a} and {inner_b} differ",
+                        a.shape(),
+                        b.shape()
+                    ),
+                )
+                .at(op_span, "inner dimensions differ")
+                .also(ls, format!("this is {}", a.shape()))
+                .also(rs, format!("this is {}", b.shape()))
+                .help(help),
+            );
+            return Value::Poison;
+        }
+        let mut dims = a.dims[..a.dims.len() - 1].to_vec();
+        dims.push(b.dims[1].clone());
+        Value::Tensor(Tensor::of(dims))
+    }
+
+    fn scalar(
+        &mut self,
+        op: BinOp,
+        op_span: Span,
+        (lv, ls): (&Value, Span),
+        (rv, rs): (&Value, Span),
+    ) -> Value {
+        use Value::*;
+        if let (Str(a), Str(b)) = (lv, rv) {
+            return match op {
+                BinOp::Eq => Bool(a == b),
+                BinOp::Ne => Bool(a != b),
+                _ => self.err(
+                    codes::TYPE_MISMATCH,
+                    format!("`{}` is not defined on strings", op.symbol()),
+                    op_span,
+                    "on strings",
+                    "strings can only be compared with `==` and `!=`",
+                ),
+            };
+        }
+        if let (Bool(a), Bool(b)) = (lv, rv) {
+            return match op {
+                BinOp::Eq => Bool(a == b),
+                BinOp::Ne => Bool(a != b),
+                _ => self.err(
+                    codes::TYPE_MISMATCH,
+                    format!("`{}` is not defined on bools", op.symbol()),
+                    op_span,
+                    "on bools",
+                    "bools can only be compared with `==` and `!=`",
+                ),
+            };
+        }
+        for (v, s) in [(lv, ls), (rv, rs)] {
+            if !v.is_num() {
+                return self.type_err("a number", v, s);
+            }
+        }
+        let both_int = lv.is_int() && rv.is_int();
+        let cmp = matches!(
+            op,
+            BinOp::Eq | BinOp::Ne | BinOp::Lt | BinOp::Le | BinOp::Gt | BinOp::Ge
+        );
+        let (Some(a), Some(b)) = (lv.as_f64(), rv.as_f64()) else {
+            return if cmp {
+                Poison
+            } else if both_int {
+                SomeInt
+            } else {
+                SomeFloat
+            };
+        };
+        if cmp {
+            return Bool(match op {
+                BinOp::Eq => a == b,
+                BinOp::Ne => a != b,
+                BinOp::Lt => a < b,
+                BinOp::Le => a <= b,
+                BinOp::Gt => a > b,
+                _ => a >= b,
+            });
+        }
+        if matches!(op, BinOp::Div | BinOp::FloorDiv) && b == 0.0 {
+            return self.err(
+                codes::DIVISION_BY_ZERO,
+                "division by zero",
+                rs,
+                "this is zero",
+                "divide by a non-zero value",
+            );
+        }
+        if both_int {
+            let (x, y) = (lv.as_i64().unwrap_or(0), rv.as_i64().unwrap_or(0));
+            let r = match op {
+                BinOp::Add => x.checked_add(y),
+                BinOp::Sub => x.checked_sub(y),
+                BinOp::Mul => x.checked_mul(y),
+                BinOp::FloorDiv => Some(x.div_euclid(y)),
+                BinOp::Div => {
+                    if x % y != 0 {
+                        self.diags.push(
+                            Diagnostic::error(codes::INEXACT_DIVISION, format!("{x} / {y} is not an integer"))
+                                .at(op_span, format!("{x} / {y} = {}", x as f64 / y as f64))
+                                .also(ls, format!("{x}"))
+                                .also(rs, format!("{y}"))
+                                .help(format!("pick values that divide exactly, write `{x} // {y}` for floor division, or `float({x}) / {y}`")),
+                        );
+                        return Poison;
+                    }
+                    Some(x / y)
+                }
+                BinOp::Pow if y >= 0 => u32::try_from(y).ok().and_then(|y| x.checked_pow(y)),
+                BinOp::Pow => return Float((x as f64).powf(y as f64)),
+                _ => None,
+            };
+            return match r {
+                Some(v) => Int(v),
+                None => self.err(
+                    codes::BAD_NUMBER,
+                    "integer overflow",
+                    op_span,
+                    "overflows 64 bits",
+                    "use smaller values or floats",
+                ),
+            };
+        }
+        if op == BinOp::FloorDiv {
+            return self.err(
+                codes::TYPE_MISMATCH,
+                "`//` needs two ints",
+                op_span,
+                "floor division",
+                "use `/` for floats, or `floor(a / b)`",
+            );
+        }
+        let v = match op {
+            BinOp::Add => a + b,
+            BinOp::Sub => a - b,
+            BinOp::Mul => a * b,
+            BinOp::Div => a / b,
+            _ => a.powf(b),
+        };
+        if !v.is_finite() {
+            return self.err(
+                codes::BAD_NUMBER,
+                format!("`{}` gives a non-finite result", op.symbol()),
+                op_span,
+                "result is NaN or infinite",
+                "check the operands' values",
+            );
+        }
+        Float(v)
+    }
+}
+
+/// numpy broadcasting of two shapes.
+pub fn broadcast(a: &[Dim], b: &[Dim]) -> Option<Vec<Dim>> {
+    let n = a.len().max(b.len());
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let x = if i + a.len() >= n {
+            Some(&a[i + a.len() - n])
+        } else {
+            None
+        };
+        let y = if i + b.len() >= n {
+            Some(&b[i + b.len() - n])
+        } else {
+            None
+        };
+        out.push(match (x, y) {
+            (Some(x), None) => x.clone(),
+            (None, Some(y)) => y.clone(),
+            (Some(x), Some(y)) if x.is_one() => y.clone(),
+            (Some(x), Some(y)) if y.is_one() => x.clone(),
+            (Some(x), Some(y)) if x.compatible(y) => {
+                if matches!(x, Dim::Sym(_)) {
+                    y.clone()
+                } else {
+                    x.clone()
+                }
+            }
+            _ => return None,
+        });
+    }
+    Some(out)
+}

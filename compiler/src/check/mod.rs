@@ -1,0 +1,14 @@
+//! The checker: names, types and shapes, against the base model's header.
+
+pub mod adapter;
+pub mod attach;
+pub mod builtins;
+pub mod eval;
+pub mod load;
+pub mod model_decl;
+pub mod pattern;
+pub mod spec;
+pub mod train;
+pub mod value;
+
+pub use spec::{check_file, check_source, Checked, Spec};
