@@ -274,6 +274,12 @@ fn stmt(ev: &mut Eval<'_>, st: &mut State, s: &Stmt, block: Option<(&str, &Dim)>
                     st.inst.scalars.push((name.name.clone(), v.clone()));
                 }
                 ev.bind(&name.name, v, Some(name.span), BindKind::Let, false);
+            } else {
+                // Already reported; bind it if nothing else has the name, so later uses do not
+                // cascade into E0101.
+                if ev.lookup(&name.name).is_none() {
+                    ev.bind(&name.name, v, Some(name.span), BindKind::Builtin, false);
+                }
             }
         }
         Stmt::Param {
@@ -545,7 +551,17 @@ fn param(
         if !declare(ev, st, &t.name.name, t.name.span) {
             continue;
         }
-        let dims = dims.unwrap_or_default();
+        let Some(dims) = dims else {
+            // Bad dimensions were reported; poison the name so its uses stay quiet.
+            ev.bind(
+                &t.name.name,
+                Value::Poison,
+                Some(t.name.span),
+                BindKind::Tensor,
+                true,
+            );
+            continue;
+        };
         let value = match &experts {
             Some(c) => Value::Experts {
                 count: c.clone(),
@@ -856,18 +872,31 @@ fn pair_init(
     ev.in_init = true;
     let wv = ev.eval(&w.value);
     ev.in_init = false;
-    let is_base = matches!(&w.value.kind, ExprKind::Name(n) if *n == st.base_name);
-    if !is_base {
-        if wv != Value::Poison {
+    // Any [m, n] matrix computed from the base weight at init time may be decomposed
+    // (e.g. `W0 / (s * rho)`); its factors must fit the base linear.
+    let want = [st.m.clone(), st.n.clone()];
+    match &wv {
+        Value::Tensor(t) if same_shape(&t.dims, &want) => {}
+        Value::Poison => return None,
+        other => {
+            let found = match other {
+                Value::Tensor(t) => t.shape(),
+                o => o.describe(),
+            };
             ev.err(
                 codes::TYPE_MISMATCH,
-                format!("`{name}` decomposes the base weight `{}`", st.base_name),
+                format!(
+                    "`{name}` decomposes an [m, n] matrix such as the base weight, found {found}"
+                ),
                 w.value.span,
-                "not the base weight",
-                format!("pass `{}`", st.base_name),
+                format!("this is {found}"),
+                format!(
+                    "pass `{}` or an expression of it with its shape",
+                    st.base_name
+                ),
             );
+            return None;
         }
-        return None;
     }
     let rank_arg = slots[if name == "svd_segment" { 3 } else { 1 }]?;
     let rank = ev.eval(&rank_arg.value);

@@ -165,7 +165,18 @@ pub fn check(
     let mut cache: HashMap<String, Instance> = HashMap::new();
     for (ai, a) in attaches.iter().enumerate() {
         let Some(def) = adapters.get(&a.adapter.name) else {
-            let help = suggest(&a.adapter.name, adapters.keys().map(|s| s.as_str()), "define it with `adapter NAME(…) on W0[m, n] { … }` or import it, e.g. `import std.lora`");
+            // The standard library may define it: name the module to import.
+            let in_std = super::load::STD
+                .iter()
+                .find(|(_, src)| src.contains(&format!("adapter {}(", a.adapter.name)));
+            let help = match in_std {
+                Some((module, _)) => format!("`{}` is in the standard library: add `import std.{module}`", a.adapter.name),
+                None => suggest(
+                    &a.adapter.name,
+                    adapters.keys().map(|s| s.as_str()),
+                    "define it with `adapter NAME(…) on W0[m, n] { … }` or import it, e.g. `import std.lora`",
+                ),
+            };
             diags.push(
                 Diagnostic::error(
                     codes::UNKNOWN_ADAPTER,
@@ -266,7 +277,34 @@ pub fn check(
                 Some(i) => i.clone(),
                 None => {
                     let map: HashMap<String, Value> = args.iter().cloned().collect();
-                    let inst = instantiate(def, &map, Some((lin.m as i64, lin.n as i64)), diags);
+                    // Problems of this instantiation also point back at the attach that caused it.
+                    let mut local = Diagnostics::new();
+                    let inst =
+                        instantiate(def, &map, Some((lin.m as i64, lin.n as i64)), &mut local);
+                    let shown: Vec<String> =
+                        args.iter().map(|(k, v)| format!("{k} = {v}")).collect();
+                    let note = format!(
+                        "checked for `{}` (W0 is [{}, {}]){}",
+                        lin.module,
+                        lin.m,
+                        lin.n,
+                        if shown.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" with {}", shown.join(", "))
+                        }
+                    );
+                    for d in local.iter() {
+                        let mut d = d.clone();
+                        if d.primary.as_ref().is_some_and(|p| {
+                            !(a.span.start <= p.span.start
+                                && p.span.end <= a.span.end
+                                && p.span.file == a.span.file)
+                        }) {
+                            d = d.also(a.adapter.span, note.clone());
+                        }
+                        diags.push(d);
+                    }
                     cache.insert(key, inst.clone());
                     inst
                 }

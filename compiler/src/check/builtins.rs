@@ -99,7 +99,7 @@ fn sig(name: &str) -> Sig {
         "pow" => s(&["x", "y"], 2),
         "min" | "max" => s(&["a", "b"], 2),
         "topk" => Sig {
-            params: &["x", "k"],
+            params: &["x", "k", "renorm"],
             required: 2,
             flags: &["renorm"],
         },
@@ -402,7 +402,11 @@ pub fn call(ev: &mut Eval<'_>, func: &Ident, args: &[Arg], span: Span) -> Value 
                     }
                 }
             }
-            let _ = b.flags[0];
+            if let Some((r, rs)) = arg(ev, &b, 2) {
+                if !matches!(r, Value::Bool(_) | Value::Poison) {
+                    ev.type_err("a bool for `renorm`", &r, rs);
+                }
+            }
             Value::Tensor(Tensor {
                 dims: t.dims,
                 gate: Some(Gate {

@@ -222,17 +222,17 @@ impl<'d> Eval<'d> {
             ExprKind::Index { base, index } => self.index(base, index, e.span),
             ExprKind::List(items) => Value::List(items.iter().map(|i| self.eval(i)).collect()),
             ExprKind::Tuple(items) => Value::Tuple(items.iter().map(|i| self.eval(i)).collect()),
-            ExprKind::If { cond, then, otherwise } => {
-                let c = self.eval(cond);
-                let a = self.eval(then);
-                let b = self.eval(otherwise);
-                match c {
-                    Value::Bool(true) => a,
-                    Value::Bool(false) => b,
-                    Value::Poison => a,
-                    other => self.type_err("a bool condition", &other, cond.span),
+            ExprKind::If { cond, then, otherwise } => match self.eval(cond) {
+                // Only the branch taken is checked (`if E > 0 then r / E else r`).
+                Value::Bool(true) => self.eval(then),
+                Value::Bool(false) => self.eval(otherwise),
+                Value::Poison => {
+                    let a = self.eval(then);
+                    self.eval(otherwise);
+                    a
                 }
-            }
+                other => self.type_err("a bool condition", &other, cond.span),
+            },
             ExprKind::LetIn { name, value, body } => {
                 let v = self.eval(value);
                 self.check_reserved(&name.name, name.span);
@@ -650,9 +650,15 @@ impl<'d> Eval<'d> {
                 BinOp::Add => x.checked_add(y),
                 BinOp::Sub => x.checked_sub(y),
                 BinOp::Mul => x.checked_mul(y),
-                BinOp::FloorDiv => Some(x.div_euclid(y)),
+                BinOp::FloorDiv => x.checked_div(y).map(|q| {
+                    if q * y != x && ((x < 0) != (y < 0)) {
+                        q - 1
+                    } else {
+                        q
+                    }
+                }),
                 BinOp::Div => {
-                    if x % y != 0 {
+                    if x.checked_rem(y).is_some_and(|r| r != 0) {
                         self.diags.push(
                             Diagnostic::error(codes::INEXACT_DIVISION, format!("{x} / {y} is not an integer"))
                                 .at(op_span, format!("{x} / {y} = {}", x as f64 / y as f64))
@@ -662,7 +668,7 @@ impl<'d> Eval<'d> {
                         );
                         return Poison;
                     }
-                    Some(x / y)
+                    x.checked_div(y)
                 }
                 BinOp::Pow if y >= 0 => u32::try_from(y).ok().and_then(|y| x.checked_pow(y)),
                 BinOp::Pow => return Float((x as f64).powf(y as f64)),
@@ -729,7 +735,9 @@ pub fn broadcast(a: &[Dim], b: &[Dim]) -> Option<Vec<Dim>> {
             (Some(x), Some(y)) if x.is_one() => y.clone(),
             (Some(x), Some(y)) if y.is_one() => x.clone(),
             (Some(x), Some(y)) if x.compatible(y) => {
-                if matches!(x, Dim::Sym(_)) {
+                if matches!(x, Dim::Sym(s) if s == "?")
+                    || (matches!(x, Dim::Sym(_)) && !matches!(y, Dim::Sym(s) if s == "?"))
+                {
                     y.clone()
                 } else {
                     x.clone()

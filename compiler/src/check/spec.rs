@@ -101,7 +101,6 @@ fn check_items(
             continue;
         }
         adapters.insert(a.def.name.name.clone(), a);
-        instantiate(&a.def, &HashMap::new(), None, diags);
     }
     let defs: HashMap<String, &AdapterDef> =
         adapters.iter().map(|(k, v)| (k.clone(), &v.def)).collect();
@@ -147,6 +146,13 @@ fn check_items(
         Some(m) => attach::check(&attaches, &defs, m, diags),
         None => Vec::new(),
     };
+    // Every adapter once more, generically: names and unused bindings, and problems of
+    // adapters nobody attached. Attach-time reports of the same token come first and win.
+    let mut names: Vec<&String> = adapters.keys().collect();
+    names.sort();
+    for n in names {
+        instantiate(&adapters[n].def, &HashMap::new(), None, diags);
+    }
     // Warnings: adapters of this file never attached.
     for a in adapters.values() {
         if a.local
@@ -199,15 +205,6 @@ fn check_items(
             },
             diags,
         );
-    }
-    if trains.is_empty() && !attaches.is_empty() {
-        if let Some(s) = model_span {
-            diags.push(
-                Diagnostic::warning(codes::NO_TRAIN, "this spec has no `train` block")
-                    .at(s, "the model can be checked and costed, not trained")
-                    .help("add `train { data(…) task … optimizer … }` to train it"),
-            );
-        }
     }
     Some(Spec {
         path: path.to_path_buf(),

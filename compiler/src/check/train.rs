@@ -26,7 +26,13 @@ pub struct DataConfig {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Task {
     /// Sequence classification with a head on the pooled output.
-    Classification { labels: usize },
+    Classification {
+        /// Number of classes.
+        labels: usize,
+        /// What the head reads: `pooler` (BERT's pooler output, as BertForSequenceClassification),
+        /// `cls` (first token), `mean` (masked mean), `last` (last non-padding token).
+        pooling: String,
+    },
     /// Scalar regression.
     Regression,
     /// Next-token prediction.
@@ -171,6 +177,7 @@ const SETTINGS: &[&str] = &[
     "eval",
     "log",
 ];
+const POOLINGS: &[&str] = &["pooler", "cls", "mean", "last"];
 const METRICS: &[&str] = &["accuracy", "f1", "loss", "perplexity", "mse"];
 
 /// Names the train block may select: tensors of attached adapters, and groups.
@@ -300,7 +307,17 @@ fn choice<'e>(
         _ => {
             ev.diags.push(
                 Diagnostic::error(codes::TYPE_MISMATCH, format!("expected a {what}"))
-                    .at(e.span, format!("not a {what}"))
+                    .at(
+                        e.span,
+                        format!(
+                            "not {} {what}",
+                            if what.starts_with(|c: char| "aeiou".contains(c)) {
+                                "an"
+                            } else {
+                                "a"
+                            }
+                        ),
+                    )
                     .help(format!("write one of: {}", options.join(", "))),
             );
             return None;
@@ -314,12 +331,39 @@ fn choice<'e>(
         );
         ev.diags.push(
             Diagnostic::error(codes::UNKNOWN_CHOICE, format!("unknown {what} `{name}`"))
-                .at(span, format!("not a {what}"))
+                .at(
+                    span,
+                    format!(
+                        "not {} {what}",
+                        if what.starts_with(|c: char| "aeiou".contains(c)) {
+                            "an"
+                        } else {
+                            "a"
+                        }
+                    ),
+                )
                 .help(help),
         );
         return None;
     }
     Some((name.to_string(), span, args))
+}
+
+/// Reports a setting written without its value (`task` alone).
+fn needs_value(ev: &mut Eval<'_>, e: &TrainEntry) {
+    let example = match e.key.name.as_str() {
+        "task" => "task classification(labels = 2)",
+        "schedule" => "schedule cosine(warmup = 0.03)",
+        _ => "clip 1.0",
+    };
+    ev.diags.push(
+        Diagnostic::error(
+            codes::MISSING_SETTING,
+            format!("`{}` needs a value", e.key.name),
+        )
+        .at(e.key.span, "no value on this line")
+        .help(format!("write it on the same line: `{example}`")),
+    );
 }
 
 fn int_value(ev: &mut Eval<'_>, e: &TrainEntry, min: i64) -> Option<u64> {
@@ -476,7 +520,10 @@ pub fn check(
                 }
             }
             "task" => {
-                let Some(v) = &e.value else { continue };
+                let Some(v) = &e.value else {
+                    needs_value(&mut ev, e);
+                    continue;
+                };
                 let Some((name, span, args)) = choice(
                     &mut ev,
                     v,
@@ -487,10 +534,34 @@ pub fn check(
                 };
                 task = Some(match name.as_str() {
                     "classification" => {
-                        let kw = kwargs(&mut ev, "classification", span, args, &["labels"]);
+                        let kw = kwargs(
+                            &mut ev,
+                            "classification",
+                            span,
+                            args,
+                            &["labels", "pooling"],
+                        );
+                        let pooling = string(&mut ev, &kw, "pooling", "default");
+                        if pooling != "default" && !POOLINGS.contains(&pooling.as_str()) {
+                            let s = kw.get("pooling").map(|x| x.1).unwrap_or(span);
+                            let help = suggest(
+                                &pooling,
+                                POOLINGS.iter().copied(),
+                                format!("one of: {}", POOLINGS.join(", ")),
+                            );
+                            ev.diags.push(
+                                Diagnostic::error(
+                                    codes::BAD_OPTION,
+                                    format!("`{pooling}` is not a valid `pooling`"),
+                                )
+                                .at(s, "unknown pooling")
+                                .help(help),
+                            );
+                        }
                         match kw.get("labels") {
                             Some((Value::Int(n), _)) if *n >= 2 => Task::Classification {
                                 labels: *n as usize,
+                                pooling,
                             },
                             Some((v, s)) => {
                                 ev.err(
@@ -619,7 +690,10 @@ pub fn check(
                 });
             }
             "schedule" => {
-                let Some(v) = &e.value else { continue };
+                let Some(v) = &e.value else {
+                    needs_value(&mut ev, e);
+                    continue;
+                };
                 let Some((name, span, args)) =
                     choice(&mut ev, v, "schedule", &["constant", "linear", "cosine"])
                 else {
@@ -657,7 +731,10 @@ pub fn check(
                 });
             }
             "clip" => {
-                let Some(v) = &e.value else { continue };
+                let Some(v) = &e.value else {
+                    needs_value(&mut ev, e);
+                    continue;
+                };
                 match ev.eval(v).as_f64() {
                     Some(x) if x > 0.0 => clip.push((x, selectors)),
                     _ => {
@@ -694,7 +771,23 @@ pub fn check(
         }
         (Some((s, _)), None) => Duration::Steps(s),
         (None, Some((e, _))) => Duration::Epochs(e),
-        (None, None) => Duration::Epochs(1),
+        (None, None) => {
+            ev.diags.push(
+                Diagnostic::error(
+                    codes::MISSING_SETTING,
+                    "the train block says neither `steps` nor `epochs`",
+                )
+                .at(
+                    Span {
+                        end: block.span.start + 5,
+                        ..block.span
+                    },
+                    "how long to train?",
+                )
+                .help("add `steps 300` or `epochs 1`"),
+            );
+            Duration::Epochs(1)
+        }
     };
     let kw_span = Span {
         end: block.span.start + 5,
@@ -713,7 +806,7 @@ pub fn check(
         ),
         (
             "optimizer",
-            optimizers.is_empty(),
+            optimizers.is_empty() && !block.entries.iter().any(|e| e.key.name == "optimizer"),
             "optimizer adamw(lr = 1e-4)",
         ),
     ] {
@@ -725,6 +818,36 @@ pub fn check(
                 )
                 .at(kw_span, format!("`{what}` missing"))
                 .help(format!("add `{example}`")),
+            );
+        }
+    }
+    let expand = |o: &OptimizerConfig| -> Vec<String> {
+        let mut v = Vec::new();
+        for s in &o.selectors {
+            match s.as_str() {
+                "experts" => v.extend(sel.expert_tensors.iter().cloned()),
+                "adapters" => v.extend(sel.tensors.iter().cloned()),
+                other => v.push(other.to_string()),
+            }
+        }
+        v
+    };
+    for (i, o) in optimizers.iter().enumerate() {
+        let mine = expand(o);
+        if let Some((prev, t)) = optimizers[..i].iter().find_map(|p| {
+            expand(p)
+                .into_iter()
+                .find(|t| mine.contains(t))
+                .map(|t| (p, t))
+        }) {
+            ev.diags.push(
+                Diagnostic::error(
+                    codes::CONFLICTING_SETTINGS,
+                    format!("`{t}` is selected by two optimizers"),
+                )
+                .at(o.span, "selects it again")
+                .also(prev.span, "selected here first")
+                .help("give each tensor exactly one optimizer: narrow one of the `for` clauses"),
             );
         }
     }

@@ -86,11 +86,15 @@ codes! {
     BAD_PAIRS = "E0709", "invalid preconditioner pairs";
     NO_OPTIMIZER = "E0710", "parameters without an optimizer";
     IO = "E0801", "cannot read file";
+    TOKENIZER = "E0901", "tokenizer missing or invalid";
+    WEIGHTS = "E0902", "model weights missing or unreadable";
+    BAD_ADAPTER_DIR = "E0903", "adapter directory invalid";
+    NO_SUCH_OUTPUT = "E0904", "requested output not available";
+    BUILD_FAILED = "E0905", "graph construction or execution failed";
     UNUSED_LET = "W0001", "unused binding";
     UNUSED_PARAMETER = "W0002", "unused adapter parameter";
     UNUSED_ADAPTER = "W0003", "adapter defined but never attached";
     OVERRIDDEN_ATTACH = "W0004", "attach rule fully overridden";
-    NO_TRAIN = "W0005", "spec has no train block";
 }
 
 /// The title of a code, if it exists.

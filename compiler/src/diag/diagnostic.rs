@@ -103,12 +103,16 @@ impl Diagnostics {
     pub fn new() -> Diagnostics {
         Diagnostics::default()
     }
-    /// Reports one diagnostic.
+    /// Reports one diagnostic. A second report of the same code at the same token is dropped
+    /// (an adapter checked for several modules reports each problem once, from the first).
     pub fn push(&mut self, d: Diagnostic) {
         let dup = self.items.iter().any(|o| {
             o.code == d.code
-                && o.message == d.message
-                && o.primary.as_ref().map(|l| l.span) == d.primary.as_ref().map(|l| l.span)
+                && match (&o.primary, &d.primary) {
+                    (Some(a), Some(b)) => a.span == b.span,
+                    (None, None) => o.message == d.message,
+                    _ => false,
+                }
         });
         if !dup {
             self.items.push(d);

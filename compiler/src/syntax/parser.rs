@@ -208,7 +208,14 @@ fn inner(p: Pair<'_, Rule>) -> impl Iterator<Item = Pair<'_, Rule>> {
 impl Builder {
     fn span(&self, p: &Pair<'_, Rule>) -> Span {
         let s = p.as_span();
-        Span::new(self.file, self.base + s.start(), self.base + s.end())
+        // Implicit whitespace after an optional tail (`param A[r, n]` + newline) is part of
+        // the pair; labels must end at the last token, not on the next line.
+        let len = s.as_str().trim_end().len();
+        Span::new(
+            self.file,
+            self.base + s.start(),
+            self.base + s.start() + len,
+        )
     }
 
     fn ident(&self, p: Pair<'_, Rule>) -> Ident {

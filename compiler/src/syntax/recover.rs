@@ -18,6 +18,44 @@ pub struct Chunk {
     pub sound: bool,
 }
 
+/// Deepest bracket nesting one item may have. The parser, AST builder and checker recurse once
+/// per level, so unbounded nesting would overflow the stack; deeper items are refused here.
+pub const MAX_NESTING: usize = 64;
+
+/// Most operators, brackets and expression keywords (`if`/`then`/`else`/`let`/`in`) one item
+/// may hold: each can add a level to an expression tree (`1+1+…`, `- - -…`, `x^T^T…`,
+/// `if … then if …`), which every later phase walks recursively. Sized so that even a debug
+/// build on a 2 MiB thread does not overflow; real items hold well under 100.
+pub const MAX_OPERATORS: usize = 512;
+
+/// Refuses (once, making the chunk unsound so it is not parsed) an item past either limit.
+fn too_complex(
+    file: FileId,
+    cur: &mut Option<Chunk>,
+    at: usize,
+    depth: usize,
+    ops: usize,
+    out: &mut Vec<Diagnostic>,
+) {
+    if depth <= MAX_NESTING && ops <= MAX_OPERATORS {
+        return;
+    }
+    let Some(c) = cur.as_mut().filter(|c| c.sound) else {
+        return;
+    };
+    c.sound = false;
+    let msg = if depth > MAX_NESTING {
+        format!("brackets nested more than {MAX_NESTING} deep")
+    } else {
+        format!("item has more than {MAX_OPERATORS} operators and brackets")
+    };
+    out.push(
+        Diagnostic::error(codes::SYNTAX, msg)
+            .at(Span::new(file, at, at + 1), "limit reached here")
+            .help("split it up: name inner parts with `let`, or use several smaller items"),
+    );
+}
+
 fn closer(open: u8) -> u8 {
     match open {
         b'(' => b')',
@@ -46,6 +84,7 @@ pub fn split(file: FileId, text: &str, out: &mut Vec<Diagnostic>) -> Vec<Chunk> 
     let mut line_start = true;
     let mut col0 = true;
     let mut i = 0;
+    let mut ops = 0;
     let close_chunk = |cur: &mut Option<Chunk>,
                        stack: &mut Vec<(u8, usize)>,
                        chunks: &mut Vec<Chunk>,
@@ -102,10 +141,11 @@ pub fn split(file: FileId, text: &str, out: &mut Vec<Diagnostic>) -> Vec<Chunk> 
         col0 = false;
         if c.is_ascii_alphabetic() || c == b'_' {
             let w = word_at(b, i);
-            let is_kw = ITEM_KEYWORDS.contains(&w);
+            // `model.layers.*` on a continuation line is a module path, not the `model` keyword.
+            let is_kw = ITEM_KEYWORDS.contains(&w) && b.get(i + w.len()) != Some(&b'.');
             let starts = cur.is_none()
                 || (first_on_line && is_kw && (stack.is_empty() || at_col0))
-                || (at_col0 && stack.is_empty());
+                || (at_col0 && stack.is_empty() && b.get(i + w.len()) != Some(&b'.'));
             if starts {
                 close_chunk(&mut cur, &mut stack, &mut chunks, i, out);
                 cur = Some(Chunk {
@@ -113,6 +153,11 @@ pub fn split(file: FileId, text: &str, out: &mut Vec<Diagnostic>) -> Vec<Chunk> 
                     end: i,
                     sound: true,
                 });
+                ops = 0;
+            }
+            if matches!(w, "if" | "then" | "else" | "let" | "in") {
+                ops += 1;
+                too_complex(file, &mut cur, i, stack.len(), ops, out);
             }
             i += w.len().max(1);
             continue;
@@ -123,6 +168,11 @@ pub fn split(file: FileId, text: &str, out: &mut Vec<Diagnostic>) -> Vec<Chunk> 
                 end: i,
                 sound: true,
             });
+            ops = 0;
+        }
+        if b"([{-+*/@<>!=^".contains(&c) {
+            ops += 1;
+            too_complex(file, &mut cur, i, stack.len(), ops, out);
         }
         match c {
             b'"' => {
@@ -156,7 +206,10 @@ pub fn split(file: FileId, text: &str, out: &mut Vec<Diagnostic>) -> Vec<Chunk> 
                 i += 1;
                 continue;
             }
-            b'(' | b'[' | b'{' => stack.push((c, i)),
+            b'(' | b'[' | b'{' => {
+                stack.push((c, i));
+                too_complex(file, &mut cur, i, stack.len(), ops, out);
+            }
             b')' | b']' | b'}' => match stack.pop() {
                 Some((open, _)) if closer(open) == c => {}
                 Some((open, at)) => {
@@ -179,7 +232,8 @@ pub fn split(file: FileId, text: &str, out: &mut Vec<Diagnostic>) -> Vec<Chunk> 
                             closer(open) as char
                         )),
                     );
-                    stack.clear();
+                    // The mismatched closer still closes the innermost opener (already
+                    // popped), so the enclosing `{ … }` stays balanced: no stray-`}` cascade.
                     if let Some(c) = cur.as_mut() {
                         c.sound = false;
                     }
