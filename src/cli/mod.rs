@@ -2,7 +2,9 @@
 //! input, 2 usage or I/O problems.
 
 mod check;
+mod compile;
 mod explain;
+mod infer;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
@@ -27,6 +29,17 @@ pub enum Color {
     Never,
 }
 
+/// Tensor printed by `infer`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum EmitTensor {
+    /// Last hidden state `[batch, seq, hidden]`.
+    Hidden,
+    /// Pooler output `[batch, hidden]`.
+    Pooled,
+    /// Task head output.
+    Logits,
+}
+
 #[derive(Parser)]
 #[command(
     name = "loraC",
@@ -48,6 +61,52 @@ enum Command {
         /// Diagnostics format.
         #[arg(long, value_enum, default_value = "text")]
         format: Format,
+        /// Colour.
+        #[arg(long, value_enum, default_value = "auto")]
+        color: Color,
+    },
+    /// Run the forward pass on texts and print a tensor.
+    Infer {
+        /// Spec file.
+        spec: PathBuf,
+        /// Input text (repeat for a batch).
+        #[arg(long = "text", required = true)]
+        texts: Vec<String>,
+        /// Which tensor.
+        #[arg(long, value_enum, default_value = "pooled")]
+        emit: EmitTensor,
+        /// Trained adapter directory (holds adapter.safetensors).
+        #[arg(long)]
+        adapter: Option<PathBuf>,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+        /// Colour.
+        #[arg(long, value_enum, default_value = "auto")]
+        color: Color,
+    },
+    /// Build the spec's graph (forward, loss, gradients), optimize it, and print or write it.
+    Compile {
+        /// Spec file.
+        spec: PathBuf,
+        /// What to write.
+        #[arg(long, value_enum, default_value = "ir")]
+        emit: compile::EmitKind,
+        /// Print the graph after a pass: `after:build`, `after:simplify`, `after:cse`, `after:dce`, `after:all`.
+        #[arg(long = "dump-ir")]
+        dump_ir: Option<String>,
+        /// Output file (default: stdout).
+        #[arg(short = 'o', long = "out")]
+        out: Option<PathBuf>,
+        /// Sequences per batch to build for.
+        #[arg(long, default_value_t = 2)]
+        batch: usize,
+        /// Tokens per sequence to build for.
+        #[arg(long, default_value_t = 16)]
+        seq: usize,
+        /// Only the forward graph (no loss, no gradients).
+        #[arg(long)]
+        forward_only: bool,
         /// Colour.
         #[arg(long, value_enum, default_value = "auto")]
         color: Color,
@@ -81,6 +140,44 @@ pub fn run() -> i32 {
             color,
         } => check::run(&files, format, color),
         Command::Explain { code } => explain::run(code.as_deref()),
+        Command::Infer {
+            spec,
+            texts,
+            emit,
+            adapter,
+            format,
+            color,
+        } => {
+            let emit = match emit {
+                EmitTensor::Hidden => lorac_runtime::infer::Emit::Hidden,
+                EmitTensor::Pooled => lorac_runtime::infer::Emit::Pooled,
+                EmitTensor::Logits => lorac_runtime::infer::Emit::Logits,
+            };
+            infer::run(&spec, &texts, emit, adapter.as_deref(), format, color)
+        }
+        Command::Compile {
+            spec,
+            emit,
+            dump_ir,
+            out,
+            batch,
+            seq,
+            forward_only,
+            color,
+        } => {
+            if batch == 0 || seq == 0 {
+                eprintln!("error: --batch and --seq must be at least 1");
+                return 2;
+            }
+            let o = compile::Options {
+                emit,
+                dump: dump_ir.as_deref(),
+                out: out.as_deref(),
+                geo: lorac_compiler::build::Geometry { batch, seq },
+                forward_only,
+            };
+            compile::run(&spec, o, color)
+        }
     });
     result.unwrap_or(2)
 }

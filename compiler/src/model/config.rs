@@ -118,7 +118,12 @@ pub fn parse_config(family: Family, text: &str) -> Result<ModelConfig, String> {
             .get("tie_word_embeddings")
             .and_then(|x| x.as_bool())
             .unwrap_or(false),
-        rope_theta: f("rope_theta", 10000.0),
+        // transformers ≥ 5 nests it under `rope_parameters`.
+        rope_theta: raw
+            .get("rope_theta")
+            .or_else(|| raw.get("rope_parameters").and_then(|r| r.get("rope_theta")))
+            .and_then(|x| x.as_f64())
+            .unwrap_or(10000.0),
         raw,
     })
 }

@@ -1,8 +1,11 @@
 //! Base models: config.json, the safetensors header, and family knowledge.
 
+pub mod bert;
 pub mod config;
 pub mod family;
+pub mod forward;
 pub mod header;
+pub mod llama;
 
 pub use config::{parse_config, Family, ModelConfig, FAMILIES};
 pub use family::{expected_tensors, is_linear, layer_of};

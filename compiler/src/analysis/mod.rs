@@ -1,0 +1,3 @@
+//! Compile-time analyses of base weights.
+
+pub mod svd;

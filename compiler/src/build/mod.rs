@@ -1,0 +1,120 @@
+//! Builder: checked spec → IR. The base model family supplies the graph; every attached
+//! linear becomes its adapter's `out`, exactly as the spec writes it.
+
+pub mod head;
+pub mod loss;
+pub mod lower;
+
+use crate::check::attach::Attachment;
+use crate::check::Spec;
+use crate::ir::{Graph, IrError, NodeId, R};
+use crate::model::forward::{frozen, LinearHook};
+use crate::model::{bert, llama, Family, TensorInfo};
+use lower::{Lowerer, ParamInfo};
+use std::collections::HashMap;
+
+/// Batch geometry of a built graph.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Geometry {
+    /// Sequences per batch.
+    pub batch: usize,
+    /// Tokens per sequence.
+    pub seq: usize,
+}
+
+/// A forward graph and what the runtime must feed it.
+pub struct Forward {
+    /// The graph; outputs `hidden` and `pooled` (bert) or `hidden` and `logits` (llama), plus
+    /// `aux` when the adapters declare auxiliary losses.
+    pub graph: Graph,
+    /// Trainable tensors, in creation order.
+    pub params: Vec<ParamInfo>,
+}
+
+struct AdapterHook<'a> {
+    spec: &'a Spec,
+    tensors: &'a [TensorInfo],
+    by_module: HashMap<&'a str, &'a Attachment>,
+    params: Vec<ParamInfo>,
+    aux: Vec<NodeId>,
+}
+
+impl LinearHook for AdapterHook<'_> {
+    fn linear(&mut self, g: &mut Graph, module: &str, x: NodeId) -> R<NodeId> {
+        let w0 = frozen(g, self.tensors, &format!("{module}.weight"))?;
+        let Some(at) = self.by_module.get(module).copied() else {
+            let wt = g.t(w0)?;
+            return g.matmul(x, wt);
+        };
+        let def = self
+            .spec
+            .adapters
+            .get(&at.adapter)
+            .ok_or_else(|| IrError(format!("adapter `{}` vanished", at.adapter)))?;
+        let mut lw = Lowerer::new(def, at);
+        let out = lw.lower(g, x, w0)?;
+        self.params.extend(lw.params);
+        self.aux.extend(lw.aux);
+        Ok(out)
+    }
+}
+
+/// Builds the forward graph of a checked spec for the given batch geometry.
+pub fn forward(spec: &Spec, geo: Geometry) -> R<Forward> {
+    let model = spec
+        .model
+        .as_ref()
+        .ok_or_else(|| IrError("the spec declares no model".into()))?;
+    let mut hook = AdapterHook {
+        spec,
+        tensors: &model.tensors,
+        by_module: spec
+            .attachments
+            .iter()
+            .map(|a| (a.module.as_str(), a))
+            .collect(),
+        params: Vec::new(),
+        aux: Vec::new(),
+    };
+    let mut g = Graph::new();
+    match model.family {
+        Family::Bert => {
+            let o = bert::forward(
+                &mut g,
+                &model.config,
+                &model.tensors,
+                &mut hook,
+                geo.batch,
+                geo.seq,
+            )?;
+            g.set_output("hidden", o.hidden);
+            g.set_output("pooled", o.pooled);
+        }
+        Family::Llama => {
+            let o = llama::forward(
+                &mut g,
+                &model.config,
+                &model.tensors,
+                &mut hook,
+                geo.batch,
+                geo.seq,
+            )?;
+            g.set_output("hidden", o.hidden);
+            g.set_output("logits", o.logits);
+        }
+    }
+    let mut params = hook.params;
+    if let Some(task) = spec.train.as_ref().map(|t| &t.task) {
+        if let Some(head) = head::build(&mut g, model, task, geo)? {
+            params.extend(head);
+        }
+    }
+    if let Some((&first, rest)) = hook.aux.split_first() {
+        let mut total = first;
+        for &a in rest {
+            total = g.plus(total, a)?;
+        }
+        g.set_output("aux", total);
+    }
+    Ok(Forward { graph: g, params })
+}

@@ -1,0 +1,191 @@
+//! The closed set of IR operations. Shape rules, reference semantics and VJP rules live
+//! together per op family in `ops/`; this file only names the ops.
+
+use std::sync::Arc;
+
+/// Element type of a node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DType {
+    /// 32-bit float.
+    F32,
+    /// 64-bit integer (token ids, indices).
+    I64,
+}
+
+/// What an input node is bound to at run time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum InputKind {
+    /// Per-batch data (token ids, masks, labels).
+    Data,
+    /// A frozen base-model weight (no weight gradient is ever computed).
+    Frozen,
+    /// A trainable parameter (adapter factor, router, head).
+    Param,
+    /// Optimizer state or step counters.
+    State,
+}
+
+/// Elementwise unary operations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum UnaryOp {
+    /// -x
+    Neg,
+    /// e^x
+    Exp,
+    /// ln x
+    Log,
+    /// √x
+    Sqrt,
+    /// 1/x
+    Recip,
+    /// tanh x
+    Tanh,
+    /// erf x
+    Erf,
+    /// |x|
+    Abs,
+    /// 1/(1+e^-x)
+    Sigmoid,
+    /// max(x, 0)
+    Relu,
+    /// sin x
+    Sin,
+    /// cos x
+    Cos,
+}
+
+/// Elementwise binary operations on equal shapes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BinaryOp {
+    /// a + b
+    Add,
+    /// a - b
+    Sub,
+    /// a * b
+    Mul,
+    /// a / b
+    Div,
+    /// a ^ b
+    Pow,
+    /// max(a, b)
+    Max,
+    /// min(a, b)
+    Min,
+    /// 1 if a > b else 0
+    Gt,
+    /// 1 if a == b else 0
+    Eq,
+}
+
+/// Reductions along one axis (the axis is kept with size 1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ReduceOp {
+    /// Σ
+    Sum,
+    /// max
+    Max,
+}
+
+/// One IR operation. Operands are the node's incoming edges, in operand order.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Op {
+    /// A named run-time input.
+    Input {
+        name: String,
+        kind: InputKind,
+        shape: Vec<usize>,
+        dtype: DType,
+    },
+    /// A constant tensor filled with one value.
+    Fill { shape: Vec<usize>, value: f32 },
+    /// A constant tensor with given contents (rotary tables, masks).
+    Literal {
+        shape: Vec<usize>,
+        data: Arc<Vec<f32>>,
+    },
+    /// Elementwise unary (1 operand).
+    Unary(UnaryOp),
+    /// Elementwise binary (2 operands, equal shapes).
+    Binary(BinaryOp),
+    /// Reduction along `axis`, kept as size 1 (1 operand).
+    Reduce { op: ReduceOp, axis: usize },
+    /// Batched matrix product `[..., a, b] @ [..., b, c]` (2 operands, equal batch dims).
+    MatMul,
+    /// Same data, new shape (1 operand).
+    Reshape { shape: Vec<usize> },
+    /// Axis permutation: output axis i is input axis `perm[i]` (1 operand).
+    Permute { perm: Vec<usize> },
+    /// numpy-style broadcast to `shape` (1 operand).
+    Broadcast { shape: Vec<usize> },
+    /// `start..end` along `axis` (1 operand).
+    Slice {
+        axis: usize,
+        start: usize,
+        end: usize,
+    },
+    /// Concatenation along `axis` (n operands).
+    Concat { axis: usize },
+    /// Rows of a table: `table[V, ...]`, `idx: I64[...]` → `[idx..., ...]` (2 operands).
+    Gather,
+    /// Sums rows of `src[idx..., ...]` into a zero table with `rows` rows (2 operands: src, idx).
+    ScatterAdd { rows: usize },
+    /// `idx: I64[...]` → `F32[..., depth]` (1 operand).
+    OneHot { depth: usize },
+    /// 1 where an entry is among the `k` largest of its last-axis row (ties: lower index), else 0.
+    TopKMask { k: usize },
+    /// Identity forward, zero gradient.
+    StopGrad,
+    /// Element type conversion (1 operand).
+    Cast { to: DType },
+    /// `X = (A + δI)⁻¹ B` for small SPD blocks `A[..., d, d]`, `B[..., d, c]`; identity when the
+    /// factorisation fails (2 operands).
+    SpdSolve { damping: f32 },
+}
+
+impl Op {
+    /// Short name for printing.
+    pub fn name(&self) -> String {
+        match self {
+            Op::Input { name, kind, .. } => {
+                format!("input.{}({name})", format!("{kind:?}").to_lowercase())
+            }
+            Op::Fill { value, .. } => format!("fill({value})"),
+            Op::Literal { .. } => "literal".into(),
+            Op::Unary(u) => format!("{u:?}").to_lowercase(),
+            Op::Binary(b) => format!("{b:?}").to_lowercase(),
+            Op::Reduce { op, axis } => {
+                format!("reduce_{}[{axis}]", format!("{op:?}").to_lowercase())
+            }
+            Op::MatMul => "matmul".into(),
+            Op::Reshape { .. } => "reshape".into(),
+            Op::Permute { perm } => format!("permute{perm:?}"),
+            Op::Broadcast { .. } => "broadcast".into(),
+            Op::Slice { axis, start, end } => format!("slice[{axis}:{start}..{end}]"),
+            Op::Concat { axis } => format!("concat[{axis}]"),
+            Op::Gather => "gather".into(),
+            Op::ScatterAdd { rows } => format!("scatter_add[{rows}]"),
+            Op::OneHot { depth } => format!("one_hot[{depth}]"),
+            Op::TopKMask { k } => format!("topk_mask[{k}]"),
+            Op::StopGrad => "stop_grad".into(),
+            Op::Cast { to } => format!("cast[{to:?}]"),
+            Op::SpdSolve { damping } => format!("spd_solve[{damping}]"),
+        }
+    }
+
+    /// A key that is equal for ops that compute the same function (for CSE).
+    pub fn key(&self) -> String {
+        match self {
+            Op::Literal { shape, data } => format!("literal{shape:?}@{:p}", Arc::as_ptr(data)),
+            Op::Input { name, .. } => format!("input:{name}"),
+            other => format!("{other:?}"),
+        }
+    }
+
+    /// True for ops without operands.
+    pub fn is_leaf(&self) -> bool {
+        matches!(
+            self,
+            Op::Input { .. } | Op::Fill { .. } | Op::Literal { .. }
+        )
+    }
+}

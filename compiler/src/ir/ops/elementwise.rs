@@ -1,0 +1,260 @@
+//! Unary and binary elementwise ops, stop-grad and casts.
+
+use super::{want_f32, Ins};
+use crate::ir::graph::{Graph, NodeId, R};
+use crate::ir::op::{BinaryOp, DType, Op, UnaryOp};
+use crate::ir::tensor::{Data, Tensor};
+
+/// Shape rule: unary ops keep the shape; binary ops need equal shapes.
+pub fn infer(op: &Op, ins: &Ins<'_>) -> Result<(Vec<usize>, DType), String> {
+    match op {
+        Op::Binary(_) => {
+            want_f32(ins)?;
+            if ins[0].0 != ins[1].0 {
+                return Err(format!(
+                    "shapes {:?} and {:?} differ (broadcast explicitly)",
+                    ins[0].0, ins[1].0
+                ));
+            }
+            Ok((ins[0].0.to_vec(), DType::F32))
+        }
+        Op::Cast { to } => Ok((ins[0].0.to_vec(), *to)),
+        Op::StopGrad => Ok((ins[0].0.to_vec(), ins[0].1)),
+        _ => {
+            want_f32(ins)?;
+            Ok((ins[0].0.to_vec(), DType::F32))
+        }
+    }
+}
+
+/// erf with |error| < 1.2e-7 (Numerical Recipes' erfc Chebyshev fit), in f64.
+pub fn erf(x: f64) -> f64 {
+    let z = x.abs();
+    let t = 1.0 / (1.0 + 0.5 * z);
+    let r = t
+        * (-z * z - 1.26551223
+            + t * (1.00002368
+                + t * (0.37409196
+                    + t * (0.09678418
+                        + t * (-0.18628806
+                            + t * (0.27886807
+                                + t * (-1.13520398
+                                    + t * (1.48851587 + t * (-0.82215223 + t * 0.17087277)))))))))
+            .exp();
+    if x >= 0.0 {
+        1.0 - r
+    } else {
+        r - 1.0
+    }
+}
+
+/// The scalar function of a unary op.
+pub fn unary_fn(u: UnaryOp, x: f32) -> f32 {
+    match u {
+        UnaryOp::Neg => -x,
+        UnaryOp::Exp => x.exp(),
+        UnaryOp::Log => x.ln(),
+        UnaryOp::Sqrt => x.sqrt(),
+        UnaryOp::Recip => 1.0 / x,
+        UnaryOp::Tanh => x.tanh(),
+        UnaryOp::Erf => erf(x as f64) as f32,
+        UnaryOp::Abs => x.abs(),
+        UnaryOp::Sigmoid => 1.0 / (1.0 + (-x).exp()),
+        UnaryOp::Relu => x.max(0.0),
+        UnaryOp::Sin => x.sin(),
+        UnaryOp::Cos => x.cos(),
+    }
+}
+
+/// The scalar function of a binary op.
+pub fn binary_fn(b: BinaryOp, x: f32, y: f32) -> f32 {
+    match b {
+        BinaryOp::Add => x + y,
+        BinaryOp::Sub => x - y,
+        BinaryOp::Mul => x * y,
+        BinaryOp::Div => x / y,
+        BinaryOp::Pow => x.powf(y),
+        BinaryOp::Max => x.max(y),
+        BinaryOp::Min => x.min(y),
+        BinaryOp::Gt => f32::from(x > y),
+        BinaryOp::Eq => f32::from(x == y),
+    }
+}
+
+/// Reference semantics.
+pub fn eval(op: &Op, ins: &[&Tensor]) -> Result<Tensor, String> {
+    let x = ins[0];
+    Ok(match op {
+        Op::Unary(u) => Tensor::f32(
+            x.shape.clone(),
+            x.f().iter().map(|&v| unary_fn(*u, v)).collect(),
+        ),
+        Op::Binary(b) => Tensor::f32(
+            x.shape.clone(),
+            x.f()
+                .iter()
+                .zip(ins[1].f())
+                .map(|(&a, &c)| binary_fn(*b, a, c))
+                .collect(),
+        ),
+        Op::StopGrad => x.clone(),
+        Op::Cast { to } => match (&x.data, to) {
+            (Data::I64(v), DType::F32) => {
+                Tensor::f32(x.shape.clone(), v.iter().map(|&i| i as f32).collect())
+            }
+            (Data::F32(v), DType::I64) => {
+                Tensor::i64(x.shape.clone(), v.iter().map(|&f| f as i64).collect())
+            }
+            _ => x.clone(),
+        },
+        _ => return Err(format!("not elementwise: {}", op.name())),
+    })
+}
+
+/// VJP rules.
+pub fn vjp(
+    g: &mut Graph,
+    op: &Op,
+    node: NodeId,
+    ins: &[NodeId],
+    dy: NodeId,
+    needs: &[bool],
+) -> R<Vec<Option<NodeId>>> {
+    let x = ins[0];
+    Ok(match op {
+        Op::StopGrad | Op::Cast { .. } => vec![None],
+        Op::Unary(u) => {
+            let dx = match u {
+                UnaryOp::Neg => g.neg(dy)?,
+                UnaryOp::Exp => g.times(dy, node)?,
+                UnaryOp::Log => g.over(dy, x)?,
+                UnaryOp::Sqrt => {
+                    let h = g.scale(dy, 0.5)?;
+                    g.over(h, node)?
+                }
+                UnaryOp::Recip => {
+                    let s = g.times(node, node)?;
+                    let p = g.times(dy, s)?;
+                    g.neg(p)?
+                }
+                UnaryOp::Tanh => {
+                    let s = g.times(node, node)?;
+                    let one = g.scalar(1.0)?;
+                    let d = g.minus(one, s)?;
+                    g.times(dy, d)?
+                }
+                UnaryOp::Erf => {
+                    let sq = g.times(x, x)?;
+                    let n = g.neg(sq)?;
+                    let e = g.un(UnaryOp::Exp, n)?;
+                    let d = g.scale(e, 2.0 / std::f32::consts::PI.sqrt())?;
+                    g.times(dy, d)?
+                }
+                UnaryOp::Abs => {
+                    let z = g.scalar(0.0)?;
+                    let pos = g.bin(BinaryOp::Gt, x, z)?;
+                    let neg = g.bin(BinaryOp::Gt, z, x)?;
+                    let sign = g.minus(pos, neg)?;
+                    g.times(dy, sign)?
+                }
+                UnaryOp::Sigmoid => {
+                    let one = g.scalar(1.0)?;
+                    let c = g.minus(one, node)?;
+                    let d = g.times(node, c)?;
+                    g.times(dy, d)?
+                }
+                UnaryOp::Relu => {
+                    let z = g.scalar(0.0)?;
+                    let pos = g.bin(BinaryOp::Gt, x, z)?;
+                    g.times(dy, pos)?
+                }
+                UnaryOp::Sin => {
+                    let c = g.un(UnaryOp::Cos, x)?;
+                    g.times(dy, c)?
+                }
+                UnaryOp::Cos => {
+                    let s = g.un(UnaryOp::Sin, x)?;
+                    let p = g.times(dy, s)?;
+                    g.neg(p)?
+                }
+            };
+            vec![Some(dx)]
+        }
+        Op::Binary(b) => {
+            let y = ins[1];
+            let (da, db) = match b {
+                BinaryOp::Add => (Some(dy), Some(dy)),
+                BinaryOp::Sub => (Some(dy), if needs[1] { Some(g.neg(dy)?) } else { None }),
+                BinaryOp::Mul => (
+                    if needs[0] {
+                        Some(g.times(dy, y)?)
+                    } else {
+                        None
+                    },
+                    if needs[1] {
+                        Some(g.times(dy, x)?)
+                    } else {
+                        None
+                    },
+                ),
+                BinaryOp::Div => {
+                    let da = if needs[0] { Some(g.over(dy, y)?) } else { None };
+                    let db = if needs[1] {
+                        // -dy · x / y² = -dy · out / y
+                        let q = g.over(node, y)?;
+                        let p = g.times(dy, q)?;
+                        Some(g.neg(p)?)
+                    } else {
+                        None
+                    };
+                    (da, db)
+                }
+                BinaryOp::Pow => {
+                    let da = if needs[0] {
+                        // dy · y · x^(y-1)
+                        let one = g.scalar(1.0)?;
+                        let ym1 = g.minus(y, one)?;
+                        let p = g.bin(BinaryOp::Pow, x, ym1)?;
+                        let q = g.times(p, y)?;
+                        Some(g.times(dy, q)?)
+                    } else {
+                        None
+                    };
+                    let db = if needs[1] {
+                        let l = g.un(UnaryOp::Log, x)?;
+                        let q = g.times(node, l)?;
+                        Some(g.times(dy, q)?)
+                    } else {
+                        None
+                    };
+                    (da, db)
+                }
+                BinaryOp::Max | BinaryOp::Min => {
+                    // The winner takes the gradient; ties go to the first operand.
+                    let first = if *b == BinaryOp::Max {
+                        g.bin(BinaryOp::Gt, y, x)?
+                    } else {
+                        g.bin(BinaryOp::Gt, x, y)?
+                    };
+                    let one = g.scalar(1.0)?;
+                    let take_a = g.minus(one, first)?;
+                    (
+                        if needs[0] {
+                            Some(g.times(dy, take_a)?)
+                        } else {
+                            None
+                        },
+                        if needs[1] {
+                            Some(g.times(dy, first)?)
+                        } else {
+                            None
+                        },
+                    )
+                }
+                BinaryOp::Gt | BinaryOp::Eq => (None, None),
+            };
+            vec![da, db]
+        }
+        _ => vec![None; ins.len()],
+    })
+}

@@ -1,0 +1,105 @@
+//! Loading tensors from safetensors files into host tensors.
+
+use lorac_compiler::ir::Tensor;
+use safetensors::{Dtype, SafeTensors};
+use std::collections::HashMap;
+use std::path::Path;
+
+fn f16_to_f32(bits: u16) -> f32 {
+    let sign = ((bits >> 15) as u32) << 31;
+    let exp = ((bits >> 10) & 0x1f) as u32;
+    let frac = (bits & 0x3ff) as u32;
+    let v = match exp {
+        0 if frac == 0 => sign,
+        0 => {
+            // Subnormal: normalise.
+            let mut e = 127 - 15 + 1;
+            let mut f = frac;
+            while f & 0x400 == 0 {
+                f <<= 1;
+                e -= 1;
+            }
+            sign | (e << 23) | ((f & 0x3ff) << 13)
+        }
+        0x1f => sign | 0x7f80_0000 | (frac << 13),
+        _ => sign | ((exp + 127 - 15) << 23) | (frac << 13),
+    };
+    f32::from_bits(v)
+}
+
+/// Converts one safetensors view to a host tensor (floats become f32, integers i64).
+pub fn to_tensor(name: &str, view: &safetensors::tensor::TensorView<'_>) -> Result<Tensor, String> {
+    let shape = view.shape().to_vec();
+    let b = view.data();
+    let t = match view.dtype() {
+        Dtype::F32 => Tensor::f32(
+            shape,
+            b.chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+        ),
+        Dtype::F64 => Tensor::f32(
+            shape,
+            b.chunks_exact(8)
+                .map(|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8])) as f32)
+                .collect(),
+        ),
+        Dtype::BF16 => Tensor::f32(
+            shape,
+            b.chunks_exact(2)
+                .map(|c| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16))
+                .collect(),
+        ),
+        Dtype::F16 => Tensor::f32(
+            shape,
+            b.chunks_exact(2)
+                .map(|c| f16_to_f32(u16::from_le_bytes([c[0], c[1]])))
+                .collect(),
+        ),
+        Dtype::I64 => Tensor::i64(
+            shape,
+            b.chunks_exact(8)
+                .map(|c| i64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
+                .collect(),
+        ),
+        Dtype::I32 => Tensor::i64(
+            shape,
+            b.chunks_exact(4)
+                .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as i64)
+                .collect(),
+        ),
+        other => return Err(format!("tensor `{name}` has unsupported dtype {other:?}")),
+    };
+    Ok(t)
+}
+
+/// Loads the named tensors (or all, when `names` is `None`) from a safetensors file.
+pub fn load(path: &Path, names: Option<&[String]>) -> Result<HashMap<String, Tensor>, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut out = HashMap::new();
+    for name in st.names() {
+        if names.is_some_and(|n| !n.iter().any(|x| x == name)) {
+            continue;
+        }
+        let view = st
+            .tensor(name)
+            .map_err(|e| format!("{}: {name}: {e}", path.display()))?;
+        out.insert(name.to_string(), to_tensor(name, &view)?);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::f16_to_f32;
+
+    #[test]
+    fn f16_conversion_matches_known_values() {
+        assert_eq!(f16_to_f32(0x3c00), 1.0);
+        assert_eq!(f16_to_f32(0xc000), -2.0);
+        assert_eq!(f16_to_f32(0x3555), 0.333_251_95);
+        assert_eq!(f16_to_f32(0x0001), 5.960_464_5e-8);
+        assert!(f16_to_f32(0x7c00).is_infinite());
+    }
+}

@@ -1,0 +1,119 @@
+//! `loraC compile SPEC [--emit ir|dot] [--dump-ir after:PASS] [-o FILE]`.
+
+use super::check::{report, use_color};
+use super::{Color, Format};
+use lorac_compiler::build::{self, loss, Geometry};
+use lorac_compiler::check::check_file;
+use lorac_compiler::diag::render::{render, Style};
+use lorac_compiler::diag::{codes, Diagnostic, SourceMap};
+use lorac_compiler::ir::print::{to_dot, to_text};
+use lorac_compiler::passes;
+use std::path::Path;
+
+/// What `compile` writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum EmitKind {
+    /// The graph as text, one node per line.
+    Ir,
+    /// Graphviz dot.
+    Dot,
+}
+
+/// Options of the compile command.
+pub struct Options<'a> {
+    /// What to write.
+    pub emit: EmitKind,
+    /// `after:PASS` or `after:all`.
+    pub dump: Option<&'a str>,
+    /// Output file (stdout when absent).
+    pub out: Option<&'a Path>,
+    /// Batch geometry to build for.
+    pub geo: Geometry,
+    /// Build the forward graph only (no loss and gradients).
+    pub forward_only: bool,
+}
+
+fn fail(msg: String, color: bool) -> i32 {
+    let d = Diagnostic::error(codes::BUILD_FAILED, msg)
+        .help("run `loraC check` on the spec; report it if it checks clean");
+    eprint!(
+        "{}",
+        render(&SourceMap::new(), &d, Style { color, width: 100 })
+    );
+    1
+}
+
+/// Runs the compile command.
+pub fn run(spec: &Path, o: Options<'_>, color: Color) -> i32 {
+    let color = use_color(color);
+    let checked = check_file(spec);
+    let mut sink = Vec::new();
+    let (errors, _, io) = report(&checked, Format::Text, color, &mut sink);
+    let Some(spec) = checked.spec.filter(|_| errors == 0) else {
+        return if io { 2 } else { 1 };
+    };
+    if let Some(d) = o.dump {
+        let pass = d.strip_prefix("after:").unwrap_or(d);
+        if pass != "all" && pass != "build" && !passes::PIPELINE.contains(&pass) {
+            eprintln!(
+                "error: unknown pass `{pass}` for --dump-ir; passes: build, {}, all",
+                passes::PIPELINE.join(", ")
+            );
+            return 2;
+        }
+    }
+    let mut fwd = match build::forward(&spec, o.geo) {
+        Ok(f) => f,
+        Err(e) => return fail(e.0, color),
+    };
+    if !o.forward_only {
+        if let Some(t) = spec.train.as_ref() {
+            if let Err(e) = loss::gradient_graph(&mut fwd, &t.task) {
+                return fail(e.0, color);
+            }
+        }
+    }
+    let mut g = fwd.graph;
+    let wanted = |p: &str| {
+        o.dump
+            .map(|d| d.strip_prefix("after:").unwrap_or(d))
+            .is_some_and(|d| d == p || d == "all")
+    };
+    if wanted("build") {
+        println!("// after build: {} nodes\n{}", g.len(), to_text(&g));
+    }
+    let mut dumps = Vec::new();
+    if let Err(e) = passes::run_pipeline(&mut g, |p, g| {
+        if wanted(p) {
+            dumps.push(format!("// after {p}: {} nodes\n{}", g.len(), to_text(g)));
+        }
+    }) {
+        return fail(e.0, color);
+    }
+    for d in dumps {
+        println!("{d}");
+    }
+    if o.dump.is_some() && o.out.is_none() {
+        return 0;
+    }
+    let text = match o.emit {
+        EmitKind::Ir => to_text(&g),
+        EmitKind::Dot => to_dot(&g),
+    };
+    match o.out {
+        Some(p) => match std::fs::write(p, text) {
+            Ok(()) => {
+                eprintln!("wrote {} ({} nodes)", p.display(), g.len());
+                0
+            }
+            Err(e) => {
+                eprintln!("error[E0801]: cannot write {}: {e}", p.display());
+                2
+            }
+        },
+        None => {
+            print!("{text}");
+            0
+        }
+    }
+}
