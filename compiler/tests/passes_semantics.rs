@@ -3,7 +3,8 @@
 //! A seeded generator builds random graphs (10–40 nodes) over inputs, constants, unary and
 //! broadcasting binary ops, reductions, matmuls, views, concat and softmax, with deliberately
 //! redundant structure mixed in (duplicated subexpressions, x·1, x+0, -(-x), reshape∘reshape,
-//! permute∘permute, broadcasts and arithmetic of constants, dead nodes). Each graph is run
+//! permute∘permute, broadcasts and arithmetic of constants, shared literals, dead nodes), plus
+//! gather, top-k masks and damped SPD solves. Each graph is run
 //! through the interpreter before and after `run_pipeline`; every output must be bit-identical
 //! (NaN == NaN), the graph must verify, and the pipeline must have removed nodes.
 
@@ -246,7 +247,7 @@ impl Gen {
         let x = self.pick();
         let xs = self.shape(x);
         let r = xs.len();
-        match self.rng.below(22) {
+        match self.rng.below(26) {
             0..=2 => {
                 let u = self.unary_op();
                 let y = self.g.un(u, x).unwrap();
@@ -341,6 +342,88 @@ impl Gen {
                 self.push(y);
             }
             16..=21 => self.redundant(x),
+            22 if r >= 1 && xs[0] >= 1 => {
+                let is = if self.rng.chance(0.5) {
+                    vec![1 + self.rng.below(4)]
+                } else {
+                    vec![2, 2]
+                };
+                let name = format!("idx{}", self.inputs.len());
+                let idx = self
+                    .g
+                    .add(
+                        Op::Input {
+                            name: name.clone(),
+                            kind: InputKind::Data,
+                            shape: is.clone(),
+                            dtype: DType::I64,
+                        },
+                        &[],
+                    )
+                    .unwrap();
+                let vals = (0..numel(&is))
+                    .map(|_| self.rng.below(xs[0]) as i64)
+                    .collect();
+                self.inputs.insert(name, Tensor::i64(is, vals));
+                let y = self.g.add(Op::Gather, &[x, idx]).unwrap();
+                self.push(y);
+            }
+            23 if r >= 1 && !self.smooth => {
+                let k = 1 + self.rng.below(xs[r - 1]);
+                let m = self.g.add(Op::TopKMask { k }, &[x]).unwrap();
+                let y = self.g.times(x, m).unwrap();
+                self.push(y);
+            }
+            24 => {
+                // Two literal nodes sharing one buffer: CSE merges them.
+                let data: Vec<f32> = (0..numel(&xs)).map(|_| self.rng.unit() - 0.5).collect();
+                let data = std::sync::Arc::new(data);
+                let l1 = self
+                    .g
+                    .add(
+                        Op::Literal {
+                            shape: xs.clone(),
+                            data: data.clone(),
+                        },
+                        &[],
+                    )
+                    .unwrap();
+                let l2 = self
+                    .g
+                    .add(
+                        Op::Literal {
+                            shape: xs.clone(),
+                            data,
+                        },
+                        &[],
+                    )
+                    .unwrap();
+                self.redundancies += 1;
+                let a = self.g.times(x, l1).unwrap();
+                let y = self.g.plus(a, l2).unwrap();
+                self.push(y);
+            }
+            25 if r >= 2 => {
+                let m = xs[r - 2];
+                let xt = self.g.t(x).unwrap();
+                let a = self.g.matmul(x, xt).unwrap();
+                let eye: Vec<f32> = (0..m * m)
+                    .map(|i| if i % (m + 1) == 0 { 1.0 } else { 0.0 })
+                    .collect();
+                let eye = self
+                    .g
+                    .add(
+                        Op::Literal {
+                            shape: vec![m, m],
+                            data: std::sync::Arc::new(eye),
+                        },
+                        &[],
+                    )
+                    .unwrap();
+                let a = self.g.plus(a, eye).unwrap();
+                let y = self.g.add(Op::SpdSolve { damping: 0.1 }, &[a, x]).unwrap();
+                self.push(y);
+            }
             _ => {
                 let s = self.random_shape();
                 self.input(&s);
@@ -566,6 +649,8 @@ fn assert_bit_identical(before: &[(String, Tensor)], after: &[(String, Tensor)],
 #[test]
 fn pipeline_preserves_random_graphs_bit_for_bit() {
     let (mut before_total, mut after_total, mut rewritten) = (0, 0, 0);
+    // Nodes left by DCE alone, and graphs where simplify + CSE removed more than DCE alone.
+    let (mut dce_total, mut beat_dce) = (0, 0);
     for seed in 0..200u64 {
         let mut gen = Gen::new(seed, false, InputKind::Data);
         let target = 10 + gen.rng.below(31);
@@ -575,6 +660,13 @@ fn pipeline_preserves_random_graphs_bit_for_bit() {
         let want = outputs(&g, &gen.inputs);
         let n0 = g.len();
         let text_before = lorac_compiler::ir::print::to_text(&g);
+        let mut only_dce = g.clone();
+        lorac_compiler::passes::run_pass("dce", &mut only_dce).unwrap();
+        assert_bit_identical(
+            &want,
+            &outputs(&only_dce, &gen.inputs),
+            &format!("seed {seed}: dce"),
+        );
         run_pipeline(&mut g, |pass, g| {
             verify(g).unwrap_or_else(|e| panic!("seed {seed}: after {pass}: {e}"))
         })
@@ -601,9 +693,21 @@ fn pipeline_preserves_random_graphs_bit_for_bit() {
         assert_eq!(g2.len(), n1, "seed {seed}: the pipeline is not idempotent");
         before_total += n0;
         after_total += n1;
+        dce_total += only_dce.len();
+        beat_dce += usize::from(n1 < only_dce.len());
         rewritten += 1;
     }
     assert_eq!(rewritten, 200);
+    eprintln!("nodes: {before_total} built, {dce_total} after DCE alone, {after_total} after the pipeline");
+    // The live redundancy is removed too, not just the dead nodes.
+    assert!(
+        beat_dce >= 150,
+        "simplify + CSE improved on DCE alone in only {beat_dce}/200 graphs"
+    );
+    assert!(
+        after_total * 10 < dce_total * 8,
+        "expected simplify + CSE to remove ≥20% of the live nodes: {dce_total} → {after_total}"
+    );
     assert!(
         after_total * 10 < before_total * 9,
         "expected ≥10% fewer nodes overall: {before_total} → {after_total}"
@@ -612,7 +716,7 @@ fn pipeline_preserves_random_graphs_bit_for_bit() {
 
 #[test]
 fn autodiff_then_pipeline_preserves_gradients_bit_for_bit() {
-    for seed in 0..60u64 {
+    for seed in 0..200u64 {
         let mut gen = Gen::new(1000 + seed, true, InputKind::Param);
         let target = 10 + gen.rng.below(21);
         gen.build(target);

@@ -1,6 +1,10 @@
 //! lorac-runtime: executes what the compiler lowered (weights, data, execution).
 
+pub mod data;
 pub mod infer;
 pub mod init;
+pub mod plot;
+pub mod schedule;
 pub mod tokenize;
+pub mod train;
 pub mod weights;

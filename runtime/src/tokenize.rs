@@ -74,3 +74,22 @@ pub fn encode(t: &Tokenizer, texts: &[String]) -> Result<Batch, String> {
     }
     Ok(b)
 }
+
+/// Token ids and token type ids of one text.
+pub type Encoded = (Vec<i64>, Vec<i64>);
+
+/// Tokenizes each text once (truncated to the tokenizer's max length), unpadded.
+pub fn encode_each(t: &Tokenizer, texts: &[String]) -> Result<Vec<Encoded>, String> {
+    let enc = t
+        .encode_batch(texts.to_vec(), true)
+        .map_err(|e| e.to_string())?;
+    Ok(enc
+        .iter()
+        .map(|e| {
+            let n = e.get_attention_mask().iter().filter(|&&m| m == 1).count();
+            let ids = e.get_ids()[..n].iter().map(|&i| i as i64).collect();
+            let types = e.get_type_ids()[..n].iter().map(|&i| i as i64).collect();
+            (ids, types)
+        })
+        .collect())
+}

@@ -103,3 +103,46 @@ mod tests {
         assert!(f16_to_f32(0x7c00).is_infinite());
     }
 }
+
+/// Writes f32 tensors to a safetensors file atomically (temp file, fsync, rename), so an
+/// interrupted write never leaves a corrupt file behind.
+pub fn save_atomic(path: &Path, tensors: &HashMap<String, Tensor>) -> Result<(), String> {
+    let mut names: Vec<&String> = tensors.keys().collect();
+    names.sort();
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = names
+        .iter()
+        .map(|n| {
+            let t = &tensors[*n];
+            let b: Vec<u8> = t.f().iter().flat_map(|v| v.to_le_bytes()).collect();
+            ((*n).clone(), t.shape.clone(), b)
+        })
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = bytes
+        .iter()
+        .map(|(n, s, b)| {
+            safetensors::tensor::TensorView::new(Dtype::F32, s.clone(), b)
+                .map(|v| (n.clone(), v))
+                .map_err(|e| e.to_string())
+        })
+        .collect::<Result<_, _>>()?;
+    let data = safetensors::serialize(views, None).map_err(|e| e.to_string())?;
+    write_atomic(path, &data)
+}
+
+/// Writes bytes atomically: a temp file in the same directory, fsync, rename.
+pub fn write_atomic(path: &Path, data: &[u8]) -> Result<(), String> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
+    f.write_all(data)
+        .map_err(|e| format!("{}: {e}", tmp.display()))?;
+    f.sync_all()
+        .map_err(|e| format!("{}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}

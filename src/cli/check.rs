@@ -71,10 +71,7 @@ pub fn run(files: &[PathBuf], format: Format, color: crate::cli::Color) -> i32 {
         }
     }
     if format == Format::Json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&json).unwrap_or_else(|_| "[]".into())
-        );
+        super::out(&(serde_json::to_string_pretty(&json).unwrap_or_else(|_| "[]".into()) + "\n"));
     }
     if any_io {
         2

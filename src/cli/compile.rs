@@ -80,7 +80,7 @@ pub fn run(spec: &Path, o: Options<'_>, color: Color) -> i32 {
             .is_some_and(|d| d == p || d == "all")
     };
     if wanted("build") {
-        println!("// after build: {} nodes\n{}", g.len(), to_text(&g));
+        super::out(&(format!("// after build: {} nodes\n{}", g.len(), to_text(&g)) + "\n"));
     }
     let mut dumps = Vec::new();
     if let Err(e) = passes::run_pipeline(&mut g, |p, g| {
@@ -91,7 +91,7 @@ pub fn run(spec: &Path, o: Options<'_>, color: Color) -> i32 {
         return fail(e.0, color);
     }
     for d in dumps {
-        println!("{d}");
+        super::out(&(d + "\n"));
     }
     if o.dump.is_some() && o.out.is_none() {
         return 0;
@@ -112,7 +112,7 @@ pub fn run(spec: &Path, o: Options<'_>, color: Color) -> i32 {
             }
         },
         None => {
-            print!("{text}");
+            super::out(&text);
             0
         }
     }

@@ -7,13 +7,13 @@ pub fn run(code: Option<&str>) -> i32 {
     match code {
         None => {
             for (c, title) in codes::ALL {
-                println!("{c}  {title}");
+                super::out(&(format!("{c}  {title}") + "\n"));
             }
             0
         }
         Some(c) => match codes::explain(c) {
             Some(text) => {
-                print!("{text}");
+                super::out(text);
                 0
             }
             None => {

@@ -29,14 +29,14 @@ pub fn run(
             match format {
                 Format::Json => {
                     let v = serde_json::json!({ "shape": t.shape, "data": t.f() });
-                    println!("{v}");
+                    super::out(&(format!("{v}") + "\n"));
                 }
                 Format::Text => {
-                    println!("shape {:?}", t.shape);
+                    super::out(&(format!("shape {:?}", t.shape) + "\n"));
                     let last = *t.shape.last().unwrap_or(&1);
                     for row in t.f().chunks(last.max(1)) {
                         let cells: Vec<String> = row.iter().map(|v| format!("{v:.6}")).collect();
-                        println!("{}", cells.join(" "));
+                        super::out(&(cells.join(" ") + "\n"));
                     }
                 }
             }

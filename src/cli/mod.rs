@@ -5,6 +5,8 @@ mod check;
 mod compile;
 mod explain;
 mod infer;
+mod inspect;
+mod train;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
@@ -111,11 +113,71 @@ enum Command {
         #[arg(long, value_enum, default_value = "auto")]
         color: Color,
     },
+    /// Train the spec: writes DIR/metrics.jsonl, DIR/loss.svg, DIR/adapter/, DIR/checkpoint/.
+    Train {
+        /// Spec file.
+        spec: PathBuf,
+        /// Output directory (default: runs/<spec name>).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Override the spec's length of training.
+        #[arg(long)]
+        steps: Option<u64>,
+        /// Write a checkpoint every N steps (always at the end).
+        #[arg(long = "checkpoint-every")]
+        checkpoint_every: Option<u64>,
+        /// Continue the run whose --out was DIR, to the same final step.
+        #[arg(long)]
+        resume: Option<PathBuf>,
+        /// Colour.
+        #[arg(long, value_enum, default_value = "auto")]
+        color: Color,
+    },
+    /// Evaluate a trained adapter: accuracy and F1 (classification) and loss.
+    Eval {
+        /// Spec file.
+        spec: PathBuf,
+        /// The adapter directory (DIR/adapter of a run).
+        #[arg(long)]
+        adapter: PathBuf,
+        /// Evaluate on this file instead of the spec's dev set.
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+        /// Colour.
+        #[arg(long, value_enum, default_value = "auto")]
+        color: Color,
+    },
     /// Explain an error code (`loraC explain E0301`); without a code, list them all.
     Explain {
         /// The code.
         code: Option<String>,
     },
+    /// Summarise a base model, or (`--alpha`) compute AlphaLoRA's PL_Alpha_Hill of its weights.
+    Inspect {
+        /// Model directory (config.json, model.safetensors).
+        model_dir: PathBuf,
+        /// PL_Alpha_Hill per linear module and per layer.
+        #[arg(long)]
+        alpha: bool,
+        /// Corrected Fix-finger lower bound 0.95·xmin2 (default: the released code's quirk).
+        #[arg(long, requires = "alpha")]
+        corrected: bool,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+        /// Colour.
+        #[arg(long, value_enum, default_value = "auto")]
+        color: Color,
+    },
+}
+
+/// Writes to stdout; a closed pipe (`loraC … | head`) ends output quietly instead of panicking.
+pub fn out(text: &str) {
+    use std::io::Write;
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
 }
 
 /// Runs the CLI and returns the process exit code.
@@ -140,6 +202,43 @@ pub fn run() -> i32 {
             color,
         } => check::run(&files, format, color),
         Command::Explain { code } => explain::run(code.as_deref()),
+        Command::Train {
+            spec,
+            out,
+            steps,
+            checkpoint_every,
+            resume,
+            color,
+        } => train::run_train(
+            &spec,
+            out.as_deref(),
+            steps,
+            checkpoint_every,
+            resume.as_deref(),
+            color,
+        ),
+        Command::Eval {
+            spec,
+            adapter,
+            data,
+            format,
+            color,
+        } => train::run_eval(&spec, &adapter, data.as_deref(), format, color),
+        Command::Inspect {
+            model_dir,
+            alpha,
+            corrected,
+            format,
+            color,
+        } => inspect::run(
+            &model_dir,
+            inspect::Options {
+                alpha,
+                corrected,
+                format,
+                color,
+            },
+        ),
         Command::Infer {
             spec,
             texts,

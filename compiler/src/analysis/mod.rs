@@ -1,3 +1,4 @@
 //! Compile-time analyses of base weights.
 
+pub mod alpha;
 pub mod svd;

@@ -508,8 +508,16 @@ impl<'a> Lowerer<'a> {
                 };
                 // Forward g·y; backward dy·g^p into y and ⟨y, dy⟩ into g:
                 // out = sg(g^p)·y + (g − sg(g^p))·sg(y).
-                let e = g.scalar(p as f32)?;
-                let gp = g.bin(BinaryOp::Pow, gt, e)?;
+                let gp = if p == 0.0 {
+                    // g^0 with 0^0 = 0: an unselected expert (g = 0) gets no gradient.
+                    let zero = g.scalar(0.0)?;
+                    let off = g.bin(BinaryOp::Eq, gt, zero)?;
+                    let one = g.scalar(1.0)?;
+                    g.minus(one, off)?
+                } else {
+                    let e = g.scalar(p as f32)?;
+                    g.bin(BinaryOp::Pow, gt, e)?
+                };
                 let c = g.stop_grad(gp)?;
                 let a = g.times(c, y)?;
                 let d = g.minus(gt, c)?;

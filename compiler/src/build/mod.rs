@@ -4,6 +4,7 @@
 pub mod head;
 pub mod loss;
 pub mod lower;
+pub mod optim;
 
 use crate::check::attach::Attachment;
 use crate::check::Spec;

@@ -91,6 +91,9 @@ codes! {
     BAD_ADAPTER_DIR = "E0903", "adapter directory invalid";
     NO_SUCH_OUTPUT = "E0904", "requested output not available";
     BUILD_FAILED = "E0905", "graph construction or execution failed";
+    BAD_DATA = "E0906", "invalid data file";
+    NON_FINITE = "E0907", "training diverged (NaN or infinity)";
+    CHECKPOINT = "E0908", "checkpoint missing or corrupt";
     UNUSED_LET = "W0001", "unused binding";
     UNUSED_PARAMETER = "W0002", "unused adapter parameter";
     UNUSED_ADAPTER = "W0003", "adapter defined but never attached";

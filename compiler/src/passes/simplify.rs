@@ -84,9 +84,7 @@ fn rewrite(g: &Graph, id: NodeId) -> Option<Rewrite> {
                     Some(Rewrite::Use(ins[0]))
                 }
                 (BinaryOp::Mul, Some(1.0), _) => Some(Rewrite::Use(ins[1])),
-                (BinaryOp::Mul | BinaryOp::Div, _, Some(1.0)) => {
-                    Some(Rewrite::Use(ins[0]))
-                }
+                (BinaryOp::Mul | BinaryOp::Div, _, Some(1.0)) => Some(Rewrite::Use(ins[0])),
                 _ => None,
             }
         }

@@ -76,7 +76,12 @@ pub fn gemm_rowmajor(m: usize, k: usize, n: usize, a: &[f32], b: &[f32], out: &m
             false,
             false,
             false,
-            gemm::Parallelism::None,
+            // Large products use both cores; results do not depend on the thread count.
+            if m * n * k >= 1 << 20 {
+                gemm::Parallelism::Rayon(0)
+            } else {
+                gemm::Parallelism::None
+            },
         );
     }
 }

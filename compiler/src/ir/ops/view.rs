@@ -83,6 +83,27 @@ fn remap(x: &Tensor, shape: Vec<usize>, src: impl Fn(usize) -> usize) -> Tensor 
     }
 }
 
+/// Source offsets of every output element, in output order, for per-axis source strides.
+fn odometer(shape: &[usize], src_strides: &[usize]) -> Vec<usize> {
+    let n = numel(shape);
+    let mut out = Vec::with_capacity(n);
+    let mut idx = vec![0usize; shape.len()];
+    let mut off = 0usize;
+    for _ in 0..n {
+        out.push(off);
+        for ax in (0..shape.len()).rev() {
+            idx[ax] += 1;
+            off += src_strides[ax];
+            if idx[ax] < shape[ax] {
+                break;
+            }
+            off -= src_strides[ax] * shape[ax];
+            idx[ax] = 0;
+        }
+    }
+    out
+}
+
 /// Reference semantics.
 pub fn eval(op: &Op, ins: &[&Tensor]) -> Result<Tensor, String> {
     let x = ins[0];
@@ -93,27 +114,27 @@ pub fn eval(op: &Op, ins: &[&Tensor]) -> Result<Tensor, String> {
         },
         Op::Permute { perm } => {
             let shape: Vec<usize> = perm.iter().map(|&p| x.shape[p]).collect();
-            let (ist, ost) = (strides(&x.shape), strides(&shape));
-            remap(x, shape.clone(), |i| {
-                let mut src = 0;
-                for (ax, &p) in perm.iter().enumerate() {
-                    src += (i / ost[ax] % shape[ax]) * ist[p];
-                }
-                src
-            })
+            let ist = strides(&x.shape);
+            // Source stride of each output axis; walk the output in order with an odometer.
+            let src: Vec<usize> = perm.iter().map(|&p| ist[p]).collect();
+            let order = odometer(&shape, &src);
+            remap(x, shape, |i| order[i])
         }
         Op::Broadcast { shape } => {
             let lead = shape.len() - x.shape.len();
-            let (ist, ost) = (strides(&x.shape), strides(shape));
-            remap(x, shape.clone(), |i| {
-                let mut src = 0;
-                for (k, &d) in x.shape.iter().enumerate() {
-                    if d != 1 {
-                        src += (i / ost[lead + k] % shape[lead + k]) * ist[k];
+            let ist = strides(&x.shape);
+            // Broadcast axes have source stride 0.
+            let src: Vec<usize> = (0..shape.len())
+                .map(|ax| {
+                    if ax < lead || x.shape[ax - lead] == 1 {
+                        0
+                    } else {
+                        ist[ax - lead]
                     }
-                }
-                src
-            })
+                })
+                .collect();
+            let order = odometer(shape, &src);
+            remap(x, shape.clone(), |i| order[i])
         }
         Op::Slice { axis, start, end } => {
             let (outer, n, inner) = super::reduce::split(&x.shape, *axis);

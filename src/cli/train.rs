@@ -1,0 +1,110 @@
+//! `loraC train SPEC [--out DIR] [--steps N] [--checkpoint-every N] [--resume DIR]` and
+//! `loraC eval SPEC --adapter DIR [--data FILE] [--format json]`.
+
+use super::check::{report, use_color};
+use super::{Color, Format};
+use lorac_compiler::check::{check_file, Spec};
+use lorac_compiler::diag::render::{render, to_json, Style};
+use lorac_compiler::diag::{Diagnostic, SourceMap};
+use lorac_runtime::train::{eval, train, Metrics, TrainOptions};
+use std::io::IsTerminal;
+use std::path::Path;
+
+fn checked(spec: &Path, color: bool) -> Result<Spec, i32> {
+    let c = check_file(spec);
+    let mut sink = Vec::new();
+    let (errors, _, io) = report(&c, Format::Text, color, &mut sink);
+    c.spec.filter(|_| errors == 0).ok_or(if io { 2 } else { 1 })
+}
+
+fn show_error(d: &Diagnostic, format: Format, color: bool) -> i32 {
+    let map = SourceMap::new();
+    match format {
+        Format::Json => eprintln!("{}", serde_json::Value::Array(vec![to_json(&map, d)])),
+        Format::Text => eprint!("{}", render(&map, d, Style { color, width: 100 })),
+    }
+    if d.code == lorac_compiler::diag::codes::IO {
+        2
+    } else {
+        1
+    }
+}
+
+fn metrics_text(m: &Metrics) -> String {
+    let mut s = format!("examples {}  loss {:.4}", m.examples, m.loss);
+    if let Some(a) = m.accuracy {
+        s += &format!("  accuracy {a:.4}");
+    }
+    if let Some(f) = m.f1 {
+        s += &format!("  f1 {f:.4}");
+    }
+    s
+}
+
+fn metrics_json(m: &Metrics) -> serde_json::Value {
+    serde_json::json!({"examples": m.examples, "loss": m.loss, "accuracy": m.accuracy, "f1": m.f1})
+}
+
+/// Runs `train`.
+pub fn run_train(
+    spec: &Path,
+    out: Option<&Path>,
+    steps: Option<u64>,
+    checkpoint_every: Option<u64>,
+    resume: Option<&Path>,
+    color: Color,
+) -> i32 {
+    let color = use_color(color);
+    let spec_v = match checked(spec, color) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let default_out = Path::new("runs").join(spec.file_stem().unwrap_or_default());
+    let out_dir = resume.or(out).map(Path::to_path_buf).unwrap_or(default_out);
+    let opt = TrainOptions {
+        out: out_dir.clone(),
+        steps,
+        checkpoint_every,
+        resume: resume.is_some(),
+        progress: std::io::stderr().is_terminal(),
+        stop_after: None,
+    };
+    match train(&spec_v, &opt) {
+        Ok(m) => {
+            eprintln!(
+                "wrote {}/adapter, metrics.jsonl, loss.svg, checkpoint/",
+                out_dir.display()
+            );
+            if let Some(m) = m {
+                super::out(&format!("dev: {}\n", metrics_text(&m)));
+            }
+            0
+        }
+        Err(d) => show_error(&d, Format::Text, color),
+    }
+}
+
+/// Runs `eval`.
+pub fn run_eval(
+    spec: &Path,
+    adapter: &Path,
+    data: Option<&Path>,
+    format: Format,
+    color: Color,
+) -> i32 {
+    let color = use_color(color);
+    let spec_v = match checked(spec, color) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    match eval(&spec_v, adapter, data) {
+        Ok(m) => {
+            match format {
+                Format::Json => super::out(&format!("{}\n", metrics_json(&m))),
+                Format::Text => super::out(&format!("{}\n", metrics_text(&m))),
+            }
+            0
+        }
+        Err(d) => show_error(&d, format, color),
+    }
+}
