@@ -293,3 +293,26 @@ fn layer_means() {
     let e = layer_alphas(&bad, 1, false).unwrap_err();
     assert!(e.contains("model.layers.0.mlp.up_proj"), "{e}");
 }
+
+#[test]
+fn minilm_layer_alphas_allocation() {
+    // Per-layer alphas of assets/minilm (`loraC inspect assets/minilm --alpha`, matching an
+    // independent numpy port of the released code to 3e-13); the counts come from a numpy port
+    // of the released allocation function.
+    let alphas = [
+        2.329312264084847,
+        2.663379846158674,
+        2.9372210437669923,
+        2.584145747804546,
+        2.53922757448942,
+        3.074239833619744,
+    ];
+    assert_eq!(
+        allocate(&alphas, 12, BETA, AllocMode::Exact, 1),
+        vec![1, 2, 2, 2, 2, 3]
+    );
+    assert_eq!(
+        allocate(&alphas, 24, BETA, AllocMode::Exact, 1),
+        vec![3, 4, 5, 4, 3, 5]
+    );
+}

@@ -700,13 +700,14 @@ fn alpha_hill(ev: &mut Eval<'_>, b: &Bound<'_>) -> Value {
             "AlphaLoRA uses beta = 2.5",
         );
     }
-    if min < 1 {
+    // 0 reproduces the released AlphaLoRA code exactly (a layer may get no experts).
+    if min < 0 {
         return ev.err(
             codes::BAD_ALLOCATION,
-            format!("min_experts must be at least 1, found {min}"),
+            format!("min_experts cannot be negative, found {min}"),
             ms,
-            "too small",
-            "use min_experts = 1 or more",
+            "negative",
+            "use min_experts = 1 (every layer gets an expert) or 0 (the released code's behaviour)",
         );
     }
     if budget < 1 {
