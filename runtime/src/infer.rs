@@ -80,6 +80,7 @@ pub fn infer(
     emit: Emit,
     adapter: Option<&Path>,
 ) -> Result<Tensor, Box<Diagnostic>> {
+    let spec = &crate::alloc::resolved(spec)?;
     let model = spec.model.as_ref().ok_or_else(|| {
         fail(
             codes::NO_MODEL,

@@ -1,5 +1,6 @@
 //! lorac-runtime: executes what the compiler lowered (weights, data, execution).
 
+pub mod alloc;
 pub mod data;
 pub mod infer;
 pub mod init;

@@ -319,6 +319,7 @@ fn metrics_line(f: &mut std::fs::File, v: serde_json::Value) -> Res<()> {
 
 /// Trains the spec; returns the final dev metrics (if the spec has a dev set).
 pub fn train(spec: &Spec, opt: &TrainOptions) -> Res<Option<Metrics>> {
+    let spec = &crate::alloc::resolved(spec)?;
     let mut s = Session::new(spec)?;
     let cfg = s.cfg;
     let train_ex = data::load(&cfg.data.train, &cfg.data.text, &cfg.data.label, &cfg.task)?;
@@ -595,6 +596,7 @@ pub fn train(spec: &Spec, opt: &TrainOptions) -> Res<Option<Metrics>> {
 
 /// Evaluates a trained adapter on the spec's dev set (or `data`).
 pub fn eval(spec: &Spec, adapter: &Path, data_file: Option<&Path>) -> Res<Metrics> {
+    let spec = &crate::alloc::resolved(spec)?;
     let mut s = Session::new(spec)?;
     let loaded = weights::load(&adapter.join("adapter.safetensors"), None).map_err(|e| {
         fail(

@@ -62,6 +62,17 @@ pub fn run(spec: &Path, o: Options<'_>, color: Color) -> i32 {
             return 2;
         }
     }
+    // `alpha_hill` allocations come from the weights' spectra.
+    let spec = match lorac_runtime::alloc::resolved(&spec) {
+        Ok(s) => s,
+        Err(d) => {
+            eprint!(
+                "{}",
+                render(&SourceMap::new(), &d, Style { color, width: 100 })
+            );
+            return 1;
+        }
+    };
     let mut fwd = match build::forward(&spec, o.geo) {
         Ok(f) => f,
         Err(e) => return fail(e.0, color),

@@ -269,7 +269,8 @@ pub fn check(
                 );
                 continue;
             }
-            let Some(args) = eval_args(a, def, &lin, layers, diags) else {
+            let Some(args) = eval_args(a, def, &lin, layers, model.layer_alpha.as_deref(), diags)
+            else {
                 continue;
             };
             let key = format!("{}|{}|{:?}", lin.m, lin.n, args);
@@ -362,6 +363,7 @@ fn eval_args(
     def: &AdapterDef,
     lin: &Linear,
     layers: usize,
+    layer_alpha: Option<&[f64]>,
     diags: &mut Diagnostics,
 ) -> Option<Vec<(String, Value)>> {
     let mut ev = Eval::new(diags, Mode::Attach);
@@ -404,7 +406,9 @@ fn eval_args(
                 ok = false;
                 continue;
             }
-            Value::Alloc(al) => resolve_alloc(&mut ev, &al, lin, layers, arg.value.span)?,
+            Value::Alloc(al) => {
+                resolve_alloc(&mut ev, &al, lin, layers, layer_alpha, arg.value.span)?
+            }
             Value::List(items) if p.ty.name == "int" => {
                 if items.len() != layers {
                     ev.diags.push(
@@ -443,6 +447,7 @@ fn resolve_alloc(
     al: &Alloc,
     lin: &Linear,
     layers: usize,
+    layer_alpha: Option<&[f64]>,
     span: Span,
 ) -> Option<Value> {
     let Some(layer) = lin.layer else {
@@ -472,8 +477,9 @@ fn resolve_alloc(
         }
         Alloc::AlphaHill {
             budget,
+            beta,
+            mode,
             min_experts,
-            ..
         } => {
             let need = *min_experts * layers as i64;
             if *budget < need {
@@ -486,8 +492,22 @@ fn resolve_alloc(
                 );
                 return None;
             }
-            // Resolved from the weights' spectra when the graph is built.
-            Some(Value::SomeInt)
+            // Resolved from the weights' spectra once they are known (the runtime computes them);
+            // until then the count is checked generically.
+            match layer_alpha {
+                Some(alphas) if alphas.len() == layers => {
+                    let m = crate::analysis::alpha::AllocMode::from_name(mode)
+                        .unwrap_or(crate::analysis::alpha::AllocMode::Exact);
+                    let n =
+                        crate::analysis::alpha::allocate(alphas, *budget, *beta, m, *min_experts)
+                            .get(layer)
+                            .copied()
+                            .unwrap_or(0);
+                    // A layer allocated no experts (possible with min_experts = 0) is not adapted.
+                    (n > 0).then_some(Value::Int(n))
+                }
+                _ => Some(Value::SomeInt),
+            }
         }
     }
 }

@@ -173,6 +173,7 @@ pub fn load(decl: &ModelDecl, base: &Path, diags: &mut Diagnostics) -> Option<Mo
         tokenizer,
         config: cfg,
         tensors,
+        layer_alpha: None,
     })
 }
 

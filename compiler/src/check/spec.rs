@@ -215,3 +215,44 @@ fn check_items(
         train: train_cfg,
     })
 }
+
+/// True when some attach allocates with `alpha_hill(…)` (the weights' spectra decide).
+pub fn uses_alpha_hill(spec: &Spec) -> bool {
+    fn mentions(e: &crate::syntax::ast::Expr) -> bool {
+        use crate::syntax::ast::ExprKind;
+        match &e.kind {
+            ExprKind::Call { func, args } => {
+                func.name == "alpha_hill" || args.iter().any(|a| mentions(&a.value))
+            }
+            ExprKind::Binary { lhs, rhs, .. } => mentions(lhs) || mentions(rhs),
+            ExprKind::If {
+                cond,
+                then,
+                otherwise,
+            } => mentions(cond) || mentions(then) || mentions(otherwise),
+            _ => false,
+        }
+    }
+    spec.attaches
+        .iter()
+        .any(|a| a.args.iter().any(|x| mentions(&x.value)))
+}
+
+/// Re-checks the attaches with AlphaLoRA's per-layer alpha known, so `alpha_hill` allocations
+/// become concrete expert counts.
+pub fn resolve_alpha(spec: &mut Spec, layer_alpha: Vec<f64>) -> Result<(), Diagnostics> {
+    let Some(model) = spec.model.as_mut() else {
+        return Ok(());
+    };
+    model.layer_alpha = Some(layer_alpha);
+    let mut diags = Diagnostics::new();
+    let defs: HashMap<String, &AdapterDef> =
+        spec.adapters.iter().map(|(k, v)| (k.clone(), v)).collect();
+    let attaches: Vec<&Attach> = spec.attaches.iter().collect();
+    let attachments = attach::check(&attaches, &defs, model, &mut diags);
+    if diags.has_errors() {
+        return Err(diags);
+    }
+    spec.attachments = attachments;
+    Ok(())
+}

@@ -30,6 +30,8 @@ pub struct ModelInfo {
     pub config: ModelConfig,
     /// Tensors: from the safetensors header, or implied by the config when there are no weights.
     pub tensors: Vec<TensorInfo>,
+    /// AlphaLoRA's PL_Alpha_Hill per layer, once computed from the weights (resolves `alpha_hill`).
+    pub layer_alpha: Option<Vec<f64>>,
 }
 
 /// A linear layer that can be adapted.
