@@ -157,7 +157,10 @@ impl Loader<'_> {
                                 codes::IMPORT_NOT_FOUND,
                                 format!("cannot import `{p}`: {e}"),
                             )
-                            .at(span, format!("resolved to {}", path.display()))
+                            .at(
+                                span,
+                                format!("resolved to {}", crate::diag::source::shown(&path)),
+                            )
                             .help("import paths are relative to the importing file"),
                         );
                         return;

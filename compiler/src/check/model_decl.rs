@@ -86,7 +86,10 @@ pub fn load(decl: &ModelDecl, base: &Path, diags: &mut Diagnostics) -> Option<Mo
                         codes::MODEL_NOT_FOUND,
                         format!("model directory `{s}` not found"),
                     )
-                    .at(*span, format!("resolved to {}", d.display()))
+                    .at(
+                        *span,
+                        format!("resolved to {}", crate::diag::source::shown(d)),
+                    )
                     .help(fetch_help(s)),
                 );
                 return None;
@@ -116,7 +119,10 @@ pub fn load(decl: &ModelDecl, base: &Path, diags: &mut Diagnostics) -> Option<Mo
                     codes::MODEL_NOT_FOUND,
                     format!("cannot read `{cfg_text}`: {e}"),
                 )
-                .at(cfg_span, format!("resolved to {}", config_path.display()))
+                .at(
+                    cfg_span,
+                    format!("resolved to {}", crate::diag::source::shown(&config_path)),
+                )
                 .help(fetch_help(&cfg_text)),
             );
             return None;
@@ -130,7 +136,7 @@ pub fn load(decl: &ModelDecl, base: &Path, diags: &mut Diagnostics) -> Option<Mo
                     .at(cfg_span, "this model's config.json")
                     .help(format!(
                         "fix {} (a Hugging Face {} config)",
-                        config_path.display(),
+                        crate::diag::source::shown(&config_path),
                         decl.family.name
                     )),
             );
@@ -155,7 +161,7 @@ pub fn load(decl: &ModelDecl, base: &Path, diags: &mut Diagnostics) -> Option<Mo
                 Err(e) => {
                     diags.push(
                         Diagnostic::error(codes::BAD_SAFETENSORS, format!("model.safetensors is corrupt: {e}"))
-                            .at(cfg_span, format!("weights read from {}", w.display()))
+                            .at(cfg_span, format!("weights read from {}", crate::diag::source::shown(w)))
                             .help("re-download the model (delete it and run `scripts/fetch-assets`), or remove the file to check against config.json alone"),
                     );
                     return None;

@@ -925,7 +925,10 @@ fn check_data(ev: &mut Eval<'_>, e: &TrainEntry, args: &[Arg], base: &Path) -> O
             };
             ev.diags.push(
                 Diagnostic::error(codes::DATA_NOT_FOUND, format!("data file `{p}` not found"))
-                    .at(*s, format!("resolved to {}", path.display()))
+                    .at(
+                        *s,
+                        format!("resolved to {}", crate::diag::source::shown(&path)),
+                    )
                     .help(help),
             );
             continue;

@@ -117,3 +117,15 @@ impl SourceMap {
             .unwrap_or("")
     }
 }
+
+/// A path as users should read it in a message: relative to the working directory when it
+/// lies below it (so messages, and golden files, do not depend on where the checkout is).
+pub fn shown(path: &Path) -> String {
+    let rel = std::env::current_dir().ok().and_then(|cwd| {
+        let cwd = cwd.canonicalize().unwrap_or(cwd);
+        path.strip_prefix(&cwd).ok().map(Path::to_path_buf)
+    });
+    rel.unwrap_or_else(|| path.to_path_buf())
+        .display()
+        .to_string()
+}
