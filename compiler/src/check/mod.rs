@@ -4,11 +4,13 @@ pub mod adapter;
 pub mod attach;
 pub mod builtins;
 pub mod eval;
+pub mod init;
 pub mod load;
 pub mod model_decl;
 pub mod pattern;
 pub mod spec;
 pub mod train;
+pub mod train_config;
 pub mod value;
 
 pub use spec::{check_file, check_source, Checked, Spec};
