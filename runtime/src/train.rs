@@ -585,6 +585,12 @@ pub fn train(spec: &Spec, opt: &TrainOptions) -> Res<Option<Metrics>> {
         &adapter,
     )
     .map_err(io)?;
+    let manifest = adapter_manifest(spec, &s.params);
+    weights::write_atomic(
+        &opt.out.join("adapter").join("adapter.json"),
+        manifest.to_string().as_bytes(),
+    )
+    .map_err(io)?;
     let _ = crate::plot::loss_svg(
         &opt.out.join("loss.svg"),
         &history,
@@ -592,6 +598,41 @@ pub fn train(spec: &Spec, opt: &TrainOptions) -> Res<Option<Metrics>> {
         &format!("{}", spec.path.display()),
     );
     Ok(last_eval)
+}
+
+/// The adapter's manifest (docs/adapter-format.md, version 1): what each tensor in
+/// adapter.safetensors is and which module it adapts with which arguments.
+pub fn adapter_manifest(spec: &Spec, params: &[build::lower::ParamInfo]) -> serde_json::Value {
+    let show = |v: &lorac_compiler::check::value::Value| match v {
+        lorac_compiler::check::value::Value::Int(i) => serde_json::json!(i),
+        lorac_compiler::check::value::Value::Float(f) => serde_json::json!(f),
+        lorac_compiler::check::value::Value::Str(s) => serde_json::json!(s),
+        lorac_compiler::check::value::Value::Bool(b) => serde_json::json!(b),
+        other => serde_json::json!(other.describe()),
+    };
+    let attachments: Vec<serde_json::Value> = spec
+        .attachments
+        .iter()
+        .map(|a| {
+            let args: serde_json::Map<String, serde_json::Value> = a.args.iter().map(|(k, v)| (k.clone(), show(v))).collect();
+            serde_json::json!({"module": a.module, "layer": a.layer, "adapter": a.adapter, "args": args, "in_features": a.n, "out_features": a.m})
+        })
+        .collect();
+    let tensors: Vec<serde_json::Value> = params
+        .iter()
+        .map(|p| serde_json::json!({"name": p.name, "module": p.module, "tensor": p.local, "shape": p.shape, "experts": p.experts}))
+        .collect();
+    let model = spec.model.as_ref().map(|m| {
+        serde_json::json!({"family": format!("{:?}", m.family).to_lowercase(), "config": m.config_path.display().to_string()})
+    });
+    serde_json::json!({
+        "format": "lorac-adapter",
+        "version": 1,
+        "spec": spec.path.display().to_string(),
+        "model": model,
+        "attachments": attachments,
+        "tensors": tensors,
+    })
 }
 
 /// Evaluates a trained adapter on the spec's dev set (or `data`).

@@ -102,6 +102,32 @@ fn resumed_run_is_bit_identical_to_an_uninterrupted_one() {
     let (la, lb) = (losses(&full), losses(&part));
     assert_eq!(la[4..], lb[4..], "losses of steps 5 and 6 must match");
     assert!(full.join("loss.svg").is_file());
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(full.join("adapter/adapter.json")).unwrap())
+            .unwrap();
+    assert_eq!(manifest["format"], "lorac-adapter");
+    assert_eq!(manifest["version"], 1);
+    // Every tensor in the safetensors file is described by the manifest, with its shape.
+    let described: Vec<(String, Vec<usize>)> = manifest["tensors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["name"].as_str().unwrap().to_string(),
+                t["shape"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|d| d.as_u64().unwrap() as usize)
+                    .collect(),
+            )
+        })
+        .collect();
+    assert_eq!(described.len(), a.len());
+    for (name, shape) in described {
+        assert_eq!(a[&name].shape, shape, "{name}");
+    }
 }
 
 #[test]
