@@ -10,6 +10,7 @@ pub mod model_decl;
 pub mod pattern;
 pub mod spec;
 pub mod train;
+pub mod train_args;
 pub mod train_config;
 pub mod value;
 
