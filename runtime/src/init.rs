@@ -8,7 +8,7 @@ use lorac_compiler::check::attach::Attachment;
 use lorac_compiler::check::Spec;
 use lorac_compiler::ir::interp::run;
 use lorac_compiler::ir::{Graph, Tensor};
-use lorac_compiler::syntax::ast::{Arg, Expr, ExprKind, Stmt};
+use lorac_compiler::syntax::ast::{find_arg, Arg, Expr, ExprKind, Stmt};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::collections::HashMap;
@@ -23,16 +23,11 @@ fn name_seed(seed: u64, name: &str) -> u64 {
     h
 }
 
-fn named<'e>(args: &'e [Arg], pos: usize, name: &str) -> Option<&'e Expr> {
-    args.iter()
-        .find(|a| a.name.as_ref().is_some_and(|n| n.name == name))
-        .map(|a| &a.value)
-        .or_else(|| {
-            args.iter()
-                .filter(|a| a.name.is_none())
-                .nth(pos)
-                .map(|a| &a.value)
-        })
+/// One draw from N(mean, std²) (Box–Muller).
+fn gaussian(rng: &mut ChaCha8Rng, mean: f64, std: f64) -> f32 {
+    let u1: f64 = rng.random_range(f64::MIN_POSITIVE..1.0);
+    let u2: f64 = rng.random();
+    (mean + std * (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
 }
 
 /// Evaluates one expression of the adapter (scalars or tensors) through the IR interpreter.
@@ -118,7 +113,7 @@ impl Ctx<'_> {
             _ => ("", &[]),
         };
         let arg = |c: &mut Self, pos: usize, key: &str, d: f64| -> Result<f64, String> {
-            match named(args, pos, key) {
+            match find_arg(args, pos, key) {
                 Some(e) => c.scalar(e, expert),
                 None => Ok(d),
             }
@@ -133,15 +128,7 @@ impl Ctx<'_> {
             }
             "normal" => {
                 let (std, mean) = (arg(self, 0, "std", 0.02)?, arg(self, 1, "mean", 0.0)?);
-                (0..n)
-                    .map(|_| {
-                        // Box–Muller.
-                        let u1: f64 = rng.random_range(f64::MIN_POSITIVE..1.0);
-                        let u2: f64 = rng.random();
-                        (mean + std * (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos())
-                            as f32
-                    })
-                    .collect()
+                (0..n).map(|_| gaussian(&mut rng, mean, std)).collect()
             }
             "kaiming_uniform" => {
                 // PyTorch: gain = √(2 / (1 + a²)), bound = gain · √(3 / fan_in).
@@ -236,7 +223,7 @@ pub fn initialize(
                     };
                     if let Some((f, args)) = call {
                         let w_expr =
-                            named(args, 0, "w").ok_or("SVD initializer without a matrix")?;
+                            find_arg(args, 0, "w").ok_or("SVD initializer without a matrix")?;
                         let key = format!("{w_expr:?}");
                         if !svd_cache.contains_key(&key) {
                             let w = cx.eval(w_expr, expert)?;
@@ -246,15 +233,15 @@ pub fn initialize(
                         let h = svd.h();
                         let (pos_rank, idx) = if f == "svd_segment" {
                             let rank = cx
-                                .scalar(named(args, 3, "rank").ok_or("no rank")?, expert)?
+                                .scalar(find_arg(args, 3, "rank").ok_or("no rank")?, expert)?
                                 as usize;
-                            let of =
-                                cx.scalar(named(args, 2, "of").ok_or("no `of`")?, expert)? as usize;
-                            let shrink = named(args, 4, "shrink")
+                            let of = cx.scalar(find_arg(args, 2, "of").ok_or("no `of`")?, expert)?
+                                as usize;
+                            let shrink = find_arg(args, 4, "shrink")
                                 .map(|e| cx.scalar(e, expert))
                                 .transpose()?
                                 .unwrap_or(1.0);
-                            let select = cx.string(named(args, 5, "select"), "segment_head");
+                            let select = cx.string(find_arg(args, 5, "select"), "segment_head");
                             let j = expert.map(|e| e.1).unwrap_or(0);
                             let mut rng = ChaCha8Rng::seed_from_u64(name_seed(
                                 seed,
@@ -264,7 +251,7 @@ pub fn initialize(
                             (shrink, segment(&select, j, of, rank, h, start))
                         } else {
                             let rank = cx
-                                .scalar(named(args, 1, "rank").ok_or("no rank")?, expert)?
+                                .scalar(find_arg(args, 1, "rank").ok_or("no rank")?, expert)?
                                 as usize;
                             let idx: Vec<usize> = if f == "svd_minor" {
                                 (h - rank..h).collect()
@@ -356,13 +343,7 @@ pub fn initialize(
     if let (Some(ws), Some(bs)) = (param_shapes.get(HEAD_WEIGHT), param_shapes.get(HEAD_BIAS)) {
         let mut rng = ChaCha8Rng::seed_from_u64(name_seed(seed, HEAD_WEIGHT));
         let n: usize = ws.iter().product();
-        let w = (0..n)
-            .map(|_| {
-                let u1: f64 = rng.random_range(f64::MIN_POSITIVE..1.0);
-                let u2: f64 = rng.random();
-                (0.02 * (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
-            })
-            .collect();
+        let w = (0..n).map(|_| gaussian(&mut rng, 0.0, 0.02)).collect();
         out.insert(HEAD_WEIGHT.into(), Tensor::f32(ws.clone(), w));
         out.insert(
             HEAD_BIAS.into(),

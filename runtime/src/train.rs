@@ -64,6 +64,8 @@ pub struct Session<'a> {
     eval: Graph,
     update: Graph,
     params: Vec<build::lower::ParamInfo>,
+    /// Names of per-expert tensors (what `experts` selects).
+    experts: Vec<String>,
     frozen: HashMap<String, Tensor>,
     /// Trainable tensors and optimizer state, by input name.
     pub state: HashMap<String, Tensor>,
@@ -204,6 +206,7 @@ impl<'a> Session<'a> {
             eval,
             update,
             params,
+            experts,
             frozen,
             state,
             tok,
@@ -297,14 +300,9 @@ fn total_steps(cfg: &TrainConfig, n: usize, over: Option<u64>) -> u64 {
     })
 }
 
-fn selected(p: &build::lower::ParamInfo, selectors: &[String]) -> bool {
-    selectors.is_empty()
-        || selectors.iter().any(|s| match s.as_str() {
-            "head" => p.module == "head",
-            "adapters" => p.module != "head",
-            "experts" => p.experts.is_some(),
-            name => p.module != "head" && p.local == name,
-        })
+/// Clipping applies to every tensor (no selectors) or to the ones its selectors pick.
+fn selected(p: &build::lower::ParamInfo, selectors: &[String], experts: &[String]) -> bool {
+    selectors.is_empty() || selectors.iter().any(|s| optim::selects(p, s, experts))
 }
 
 fn metrics_line(f: &mut std::fs::File, v: serde_json::Value) -> Res<()> {
@@ -468,7 +466,7 @@ pub fn train(spec: &Spec, opt: &TrainOptions) -> Res<Option<Metrics>> {
         // Gradient-norm clipping on the selected tensors (global norm over the selection).
         for (max_norm, sel) in &cfg.clip {
             let pick: Vec<usize> = (0..s.params.len())
-                .filter(|&i| selected(&s.params[i], sel))
+                .filter(|&i| selected(&s.params[i], sel, &s.experts))
                 .collect();
             let norm = pick
                 .iter()

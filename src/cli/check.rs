@@ -5,7 +5,7 @@ use lorac_compiler::check::{check_file, Checked};
 use lorac_compiler::diag::render::{render, summary, to_json, Style};
 use lorac_compiler::diag::{codes, Severity};
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Whether stderr gets colour.
 pub fn use_color(c: Color) -> bool {
@@ -79,5 +79,28 @@ pub fn run(files: &[PathBuf], format: Format, color: crate::cli::Color) -> i32 {
         1
     } else {
         0
+    }
+}
+
+/// Checks a spec and prints its diagnostics; the spec when it has no errors, else the exit code
+/// (1 for errors in the input, 2 when a file could not be read).
+pub fn checked_spec(path: &Path, color: bool) -> Result<lorac_compiler::check::Spec, i32> {
+    let c = check_file(path);
+    let mut sink = Vec::new();
+    let (errors, _, io) = report(&c, Format::Text, color, &mut sink);
+    c.spec.filter(|_| errors == 0).ok_or(if io { 2 } else { 1 })
+}
+
+/// Prints a diagnostic that has no source text (runtime errors); returns the exit code.
+pub fn show_error(d: &lorac_compiler::diag::Diagnostic, format: Format, color: bool) -> i32 {
+    let map = lorac_compiler::diag::SourceMap::new();
+    match format {
+        Format::Json => eprintln!("{}", serde_json::Value::Array(vec![to_json(&map, d)])),
+        Format::Text => eprint!("{}", render(&map, d, Style { color, width: 100 })),
+    }
+    if d.code == codes::IO {
+        2
+    } else {
+        1
     }
 }

@@ -1,9 +1,8 @@
 //! `loraC compile SPEC [--emit ir|dot] [--dump-ir after:PASS] [-o FILE]`.
 
-use super::check::{report, use_color};
-use super::{Color, Format};
+use super::check::{checked_spec, use_color};
+use super::Color;
 use lorac_compiler::build::{self, loss, Geometry};
-use lorac_compiler::check::check_file;
 use lorac_compiler::diag::render::{render, Style};
 use lorac_compiler::diag::{codes, Diagnostic, SourceMap};
 use lorac_compiler::ir::print::{to_dot, to_text};
@@ -46,11 +45,9 @@ fn fail(msg: String, color: bool) -> i32 {
 /// Runs the compile command.
 pub fn run(spec: &Path, o: Options<'_>, color: Color) -> i32 {
     let color = use_color(color);
-    let checked = check_file(spec);
-    let mut sink = Vec::new();
-    let (errors, _, io) = report(&checked, Format::Text, color, &mut sink);
-    let Some(spec) = checked.spec.filter(|_| errors == 0) else {
-        return if io { 2 } else { 1 };
+    let spec = match checked_spec(spec, color) {
+        Ok(s) => s,
+        Err(code) => return code,
     };
     if let Some(d) = o.dump {
         let pass = d.strip_prefix("after:").unwrap_or(d);

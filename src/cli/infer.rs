@@ -1,10 +1,7 @@
 //! `loraC infer SPEC --text … --emit hidden|pooled|logits [--adapter DIR] [--format json]`.
 
-use super::check::{report, use_color};
+use super::check::{checked_spec, show_error, use_color};
 use super::{Color, Format};
-use lorac_compiler::check::check_file;
-use lorac_compiler::diag::render::{render, to_json, Style};
-use lorac_compiler::diag::SourceMap;
 use lorac_runtime::infer::{infer, Emit};
 use std::path::Path;
 
@@ -18,11 +15,9 @@ pub fn run(
     color: Color,
 ) -> i32 {
     let color = use_color(color);
-    let checked = check_file(spec);
-    let mut json = Vec::new();
-    let (errors, _, io) = report(&checked, Format::Text, color, &mut json);
-    let Some(spec) = checked.spec.filter(|_| errors == 0) else {
-        return if io { 2 } else { 1 };
+    let spec = match checked_spec(spec, color) {
+        Ok(s) => s,
+        Err(code) => return code,
     };
     match infer(&spec, texts, emit, adapter) {
         Ok(t) => {
@@ -42,13 +37,6 @@ pub fn run(
             }
             0
         }
-        Err(d) => {
-            let map = SourceMap::new();
-            match format {
-                Format::Json => eprintln!("{}", serde_json::Value::Array(vec![to_json(&map, &d)])),
-                Format::Text => eprint!("{}", render(&map, &d, Style { color, width: 100 })),
-            }
-            1
-        }
+        Err(d) => show_error(&d, format, color),
     }
 }

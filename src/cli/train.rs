@@ -1,34 +1,11 @@
 //! `loraC train SPEC [--out DIR] [--steps N] [--checkpoint-every N] [--resume DIR]` and
 //! `loraC eval SPEC --adapter DIR [--data FILE] [--format json]`.
 
-use super::check::{report, use_color};
+use super::check::{checked_spec, show_error, use_color};
 use super::{Color, Format};
-use lorac_compiler::check::{check_file, Spec};
-use lorac_compiler::diag::render::{render, to_json, Style};
-use lorac_compiler::diag::{Diagnostic, SourceMap};
 use lorac_runtime::train::{eval, train, Metrics, TrainOptions};
 use std::io::IsTerminal;
 use std::path::Path;
-
-fn checked(spec: &Path, color: bool) -> Result<Spec, i32> {
-    let c = check_file(spec);
-    let mut sink = Vec::new();
-    let (errors, _, io) = report(&c, Format::Text, color, &mut sink);
-    c.spec.filter(|_| errors == 0).ok_or(if io { 2 } else { 1 })
-}
-
-fn show_error(d: &Diagnostic, format: Format, color: bool) -> i32 {
-    let map = SourceMap::new();
-    match format {
-        Format::Json => eprintln!("{}", serde_json::Value::Array(vec![to_json(&map, d)])),
-        Format::Text => eprint!("{}", render(&map, d, Style { color, width: 100 })),
-    }
-    if d.code == lorac_compiler::diag::codes::IO {
-        2
-    } else {
-        1
-    }
-}
 
 fn metrics_text(m: &Metrics) -> String {
     let mut s = format!("examples {}  loss {:.4}", m.examples, m.loss);
@@ -55,7 +32,7 @@ pub fn run_train(
     color: Color,
 ) -> i32 {
     let color = use_color(color);
-    let spec_v = match checked(spec, color) {
+    let spec_v = match checked_spec(spec, color) {
         Ok(s) => s,
         Err(code) => return code,
     };
@@ -93,7 +70,7 @@ pub fn run_eval(
     color: Color,
 ) -> i32 {
     let color = use_color(color);
-    let spec_v = match checked(spec, color) {
+    let spec_v = match checked_spec(spec, color) {
         Ok(s) => s,
         Err(code) => return code,
     };

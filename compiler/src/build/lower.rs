@@ -4,7 +4,7 @@ use crate::check::attach::Attachment;
 use crate::check::value::Value;
 use crate::diag::Span;
 use crate::ir::{BinaryOp, DType, Graph, InputKind, IrError, NodeId, Op, UnaryOp, R};
-use crate::syntax::ast::{AdapterDef, Arg, BinOp, Expr, ExprKind, Stmt};
+use crate::syntax::ast::{find_arg, AdapterDef, Arg, BinOp, Expr, ExprKind, Stmt};
 use std::collections::HashMap;
 
 /// A trainable tensor created for one attachment.
@@ -343,20 +343,8 @@ impl<'a> Lowerer<'a> {
         Ok(LVal::Node(n))
     }
 
-    fn arg<'e>(args: &'e [Arg], pos: usize, name: &str) -> Option<&'e Expr> {
-        args.iter()
-            .find(|a| a.name.as_ref().is_some_and(|n| n.name == name))
-            .map(|a| &a.value)
-            .or_else(|| {
-                args.iter()
-                    .filter(|a| a.name.is_none())
-                    .nth(pos)
-                    .map(|a| &a.value)
-            })
-    }
-
     fn call(&mut self, g: &mut Graph, f: &str, args: &[Arg], span: Span) -> R<LVal> {
-        let a0 = Self::arg(args, 0, "x");
+        let a0 = find_arg(args, 0, "x");
         let un = |u: UnaryOp| Some(u);
         let unary = match f {
             "sqrt" => un(UnaryOp::Sqrt),
@@ -402,14 +390,8 @@ impl<'a> Lowerer<'a> {
             "round" => LVal::Num(self.num(g, need(a0)?)?.round_ties_even()),
             "pow" | "min" | "max" => {
                 let (a, b) = (
-                    self.expr(
-                        g,
-                        need(Self::arg(args, 0, "x").or(Self::arg(args, 0, "a")))?,
-                    )?,
-                    self.expr(
-                        g,
-                        need(Self::arg(args, 1, "y").or(Self::arg(args, 1, "b")))?,
-                    )?,
+                    self.expr(g, need(find_arg(args, 0, "x").or(find_arg(args, 0, "a")))?)?,
+                    self.expr(g, need(find_arg(args, 1, "y").or(find_arg(args, 1, "b")))?)?,
                 );
                 match (a, b) {
                     (LVal::Num(x), LVal::Num(y)) => LVal::Num(match f {
@@ -454,7 +436,7 @@ impl<'a> Lowerer<'a> {
             }
             "topk" => {
                 let p = self.node(g, need(a0)?)?;
-                let k = self.num(g, need(Self::arg(args, 1, "k"))?)? as usize;
+                let k = self.num(g, need(find_arg(args, 1, "k"))?)? as usize;
                 let renorm = args.iter().any(|a| {
                     matches!(&a.value.kind, ExprKind::Name(n) if n == "renorm" && a.name.is_none())
                         || (a.name.as_ref().is_some_and(|n| n.name == "renorm")
@@ -500,9 +482,9 @@ impl<'a> Lowerer<'a> {
             }
             "sum" => self.sum(g, args, span)?,
             "gated_mix" => {
-                let gt = self.node(g, need(Self::arg(args, 0, "g"))?)?;
-                let y = self.node(g, need(Self::arg(args, 1, "y"))?)?;
-                let p = match Self::arg(args, 2, "p") {
+                let gt = self.node(g, need(find_arg(args, 0, "g"))?)?;
+                let y = self.node(g, need(find_arg(args, 1, "y"))?)?;
+                let p = match find_arg(args, 2, "p") {
                     Some(e) => self.num(g, e)?,
                     None => 0.5,
                 };
@@ -526,8 +508,8 @@ impl<'a> Lowerer<'a> {
                 LVal::Node(g.plus(a, b)?)
             }
             "balance" => {
-                let gt = self.node(g, need(Self::arg(args, 0, "g"))?)?;
-                let norm = match Self::arg(args, 1, "norm")
+                let gt = self.node(g, need(find_arg(args, 0, "g"))?)?;
+                let norm = match find_arg(args, 1, "norm")
                     .map(|e| self.expr(g, e))
                     .transpose()?
                 {
@@ -545,8 +527,8 @@ impl<'a> Lowerer<'a> {
 
     fn sum(&mut self, g: &mut Graph, args: &[Arg], span: Span) -> R<LVal> {
         let over =
-            Self::arg(args, 0, "over").ok_or_else(|| IrError("`sum` needs an argument".into()))?;
-        let Some(body) = Self::arg(args, 1, "body") else {
+            find_arg(args, 0, "over").ok_or_else(|| IrError("`sum` needs an argument".into()))?;
+        let Some(body) = find_arg(args, 1, "body") else {
             let x = self.node(g, over)?;
             return Ok(LVal::Node(g.sum_all(x)?));
         };

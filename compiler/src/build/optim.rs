@@ -7,6 +7,17 @@ use super::lower::ParamInfo;
 use crate::check::train::{OptimizerConfig, OptimizerKind, TrainConfig};
 use crate::ir::{DType, Graph, InputKind, IrError, NodeId, Op, UnaryOp, R};
 
+/// True when a `for` selector (`head`, `adapters`, `experts`, or a tensor name) picks `p`;
+/// `experts` picks per-expert tensors whose name is in `expert_tensors`.
+pub fn selects(p: &ParamInfo, selector: &str, expert_tensors: &[String]) -> bool {
+    match selector {
+        "head" => p.module == "head",
+        "adapters" => p.module != "head",
+        "experts" => p.module != "head" && p.experts.is_some() && expert_tensors.contains(&p.local),
+        name => p.module != "head" && p.local == name,
+    }
+}
+
 /// Which optimizer (index into the train block's optimizers) updates each tensor.
 pub fn assign(
     params: &[ParamInfo],
@@ -16,22 +27,12 @@ pub fn assign(
     params
         .iter()
         .map(|p| {
-            let selects = |o: &OptimizerConfig| {
-                o.selectors.iter().any(|s| match s.as_str() {
-                    "head" => p.module == "head",
-                    "adapters" => p.module != "head",
-                    "experts" => {
-                        p.module != "head"
-                            && p.experts.is_some()
-                            && expert_tensors.contains(&p.local)
-                    }
-                    name => p.module != "head" && p.local == name,
-                })
-            };
             train
                 .optimizers
                 .iter()
-                .position(selects)
+                .position(|o: &OptimizerConfig| {
+                    o.selectors.iter().any(|s| selects(p, s, expert_tensors))
+                })
                 .or_else(|| train.optimizers.iter().position(|o| o.selectors.is_empty()))
                 .ok_or_else(|| IrError(format!("no optimizer updates `{}`", p.name)))
         })

@@ -240,6 +240,19 @@ pub struct Arg {
     pub span: Span,
 }
 
+/// The argument named `name`, else the `pos`-th positional one (how calls bind parameters).
+pub fn find_arg<'e>(args: &'e [Arg], pos: usize, name: &str) -> Option<&'e Expr> {
+    args.iter()
+        .find(|a| a.name.as_ref().is_some_and(|n| n.name == name))
+        .map(|a| &a.value)
+        .or_else(|| {
+            args.iter()
+                .filter(|a| a.name.is_none())
+                .nth(pos)
+                .map(|a| &a.value)
+        })
+}
+
 /// Binary operators.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BinOp {
