@@ -5,6 +5,7 @@ pub mod build;
 pub mod check;
 pub mod diag;
 pub mod ir;
+pub mod lower;
 pub mod model;
 pub mod passes;
 pub mod syntax;

@@ -1,11 +1,11 @@
 //! `loraC infer`: tokenize, build the forward graph, initialize or load the adapter, run it
 //! on the reference interpreter, and return the requested tensor.
 
+use crate::exec::{Backend, Program};
 use crate::{init, tokenize, weights};
 use lorac_compiler::build::{self, Geometry};
 use lorac_compiler::check::Spec;
 use lorac_compiler::diag::{codes, Diagnostic};
-use lorac_compiler::ir::interp::run;
 use lorac_compiler::ir::{InputKind, Tensor};
 use std::collections::HashMap;
 use std::path::Path;
@@ -73,12 +73,23 @@ fn load_adapter(dir: &Path, values: &mut HashMap<String, Tensor>) -> Result<(), 
     Ok(())
 }
 
-/// Runs the forward pass on `texts` and returns the requested tensor.
+/// Runs the forward pass on `texts` (default backend) and returns the requested tensor.
 pub fn infer(
     spec: &Spec,
     texts: &[String],
     emit: Emit,
     adapter: Option<&Path>,
+) -> Result<Tensor, Box<Diagnostic>> {
+    infer_on(spec, texts, emit, adapter, Backend::default())
+}
+
+/// [`infer`] on a chosen backend.
+pub fn infer_on(
+    spec: &Spec,
+    texts: &[String],
+    emit: Emit,
+    adapter: Option<&Path>,
+    backend: Backend,
 ) -> Result<Tensor, Box<Diagnostic>> {
     let spec = &crate::alloc::resolved(spec)?;
     let model = spec.model.as_ref().ok_or_else(|| {
@@ -166,7 +177,21 @@ pub fn infer(
     g.outputs.retain(|(_, id)| *id == out);
     lorac_compiler::passes::run_pipeline(&mut g, |_, _| {})
         .map_err(|e| fail(codes::BUILD_FAILED, e.0, "report the spec"))?;
-    let out = g.outputs[0].1;
-    let vals = run(&g, &inputs).map_err(|e| fail(codes::BUILD_FAILED, e, "report the spec"))?;
-    Ok(vals[&out].clone())
+    let name = g.outputs[0].0.clone();
+    let mut vals = Program::new(&g, backend)
+        .and_then(|p| p.run(&[&inputs]))
+        .map_err(|e| {
+            fail(
+                codes::BUILD_FAILED,
+                e,
+                "retry with `--backend reference`; report the spec",
+            )
+        })?;
+    vals.remove(&name).ok_or_else(|| {
+        fail(
+            codes::BUILD_FAILED,
+            "the program lost its output",
+            "report the spec",
+        )
+    })
 }

@@ -4,6 +4,7 @@
 //! clipping, accumulation, guards, metrics, checkpoints and the adapter.
 
 use crate::data::{self, Example, Label};
+use crate::exec::{Backend, Program};
 use crate::{init, schedule, tokenize, weights};
 use lorac_compiler::build::{self, loss, optim, Geometry};
 use lorac_compiler::check::train::{Duration, Task, TrainConfig};
@@ -41,6 +42,8 @@ pub struct TrainOptions {
     pub progress: bool,
     /// Stop after this step as if the process had been killed there (tests of resuming).
     pub stop_after: Option<u64>,
+    /// Which backend runs the programs.
+    pub backend: Backend,
 }
 
 /// Evaluation metrics.
@@ -60,9 +63,9 @@ pub struct Metrics {
 pub struct Session<'a> {
     cfg: &'a TrainConfig,
     geo: Geometry,
-    grad: Graph,
-    eval: Graph,
-    update: Graph,
+    grad: Program,
+    eval: Program,
+    update: Program,
     params: Vec<build::lower::ParamInfo>,
     /// Names of per-expert tensors (what `experts` selects).
     experts: Vec<String>,
@@ -108,8 +111,14 @@ fn batch_inputs(s: &Session<'_>, rows: &[&Row]) -> HashMap<String, Tensor> {
 }
 
 impl<'a> Session<'a> {
-    /// Compiles the programs and loads weights, tokenizer and initial values.
+    /// Compiles the programs for the default backend and loads weights, tokenizer and
+    /// initial values.
     pub fn new(spec: &'a Spec) -> Res<Session<'a>> {
+        Session::with_backend(spec, Backend::default())
+    }
+
+    /// [`Session::new`] on a chosen backend.
+    pub fn with_backend(spec: &'a Spec, backend: Backend) -> Res<Session<'a>> {
         let cfg = spec.train.as_ref().ok_or_else(|| {
             fail(
                 codes::MISSING_SETTING,
@@ -199,6 +208,16 @@ impl<'a> Session<'a> {
         let tok = tokenize::load(tpath, geo.seq)
             .map_err(|e| fail(codes::TOKENIZER, e, "use the model's tokenizer.json"))?;
         let pad_id = tok.get_padding().map(|p| p.pad_id as i64).unwrap_or(0);
+        let compile = |g: &Graph| {
+            Program::new(g, backend).map_err(|e| {
+                fail(
+                    codes::BUILD_FAILED,
+                    format!("{} backend: {e}", backend.name()),
+                    "retry with `--backend reference`; report the spec",
+                )
+            })
+        };
+        let (grad, eval, update) = (compile(&grad)?, compile(&eval)?, compile(&update)?);
         Ok(Session {
             cfg,
             geo,
@@ -226,8 +245,8 @@ impl<'a> Session<'a> {
     }
 
     /// Runs a program with the batch, the trainable state and the frozen weights as inputs.
-    fn exec(&self, g: &Graph, batch: &HashMap<String, Tensor>) -> Res<HashMap<String, Tensor>> {
-        lorac_compiler::ir::interp::run_lean(g, &[batch, &self.state, &self.frozen])
+    fn exec(&self, p: &Program, batch: &HashMap<String, Tensor>) -> Res<HashMap<String, Tensor>> {
+        p.run(&[batch, &self.state, &self.frozen])
             .map_err(|e| fail(codes::BUILD_FAILED, e, "report the spec"))
     }
 
@@ -318,7 +337,7 @@ fn metrics_line(f: &mut std::fs::File, v: serde_json::Value) -> Res<()> {
 /// Trains the spec; returns the final dev metrics (if the spec has a dev set).
 pub fn train(spec: &Spec, opt: &TrainOptions) -> Res<Option<Metrics>> {
     let spec = &crate::alloc::resolved(spec)?;
-    let mut s = Session::new(spec)?;
+    let mut s = Session::with_backend(spec, opt.backend)?;
     let cfg = s.cfg;
     let train_ex = data::load(&cfg.data.train, &cfg.data.text, &cfg.data.label, &cfg.task)?;
     let dev_ex = match &cfg.data.dev {
@@ -395,7 +414,7 @@ pub fn train(spec: &Spec, opt: &TrainOptions) -> Res<Option<Metrics>> {
         .iter()
         .enumerate()
         .map(|(i, p)| (i, format!("grad.{}", p.name)))
-        .filter(|(_, n)| s.grad.output(n).is_some())
+        .filter(|(_, n)| s.grad.has_output(n))
         .collect();
     let mut order: Vec<usize> = Vec::new();
     let mut order_epoch = u64::MAX;
@@ -634,9 +653,14 @@ pub fn adapter_manifest(spec: &Spec, params: &[build::lower::ParamInfo]) -> serd
 }
 
 /// Evaluates a trained adapter on the spec's dev set (or `data`).
-pub fn eval(spec: &Spec, adapter: &Path, data_file: Option<&Path>) -> Res<Metrics> {
+pub fn eval(
+    spec: &Spec,
+    adapter: &Path,
+    data_file: Option<&Path>,
+    backend: Backend,
+) -> Res<Metrics> {
     let spec = &crate::alloc::resolved(spec)?;
-    let mut s = Session::new(spec)?;
+    let mut s = Session::with_backend(spec, backend)?;
     let loaded = weights::load(&adapter.join("adapter.safetensors"), None).map_err(|e| {
         fail(
             codes::BAD_ADAPTER_DIR,

@@ -67,6 +67,7 @@ fn opts(out: &Path, resume: bool, stop_after: Option<u64>) -> TrainOptions {
         resume,
         progress: false,
         stop_after,
+        backend: Default::default(),
     }
 }
 

@@ -2,7 +2,8 @@
 
 use super::check::{checked_spec, show_error, use_color};
 use super::{Color, Format};
-use lorac_runtime::infer::{infer, Emit};
+use lorac_runtime::exec::Backend;
+use lorac_runtime::infer::{infer_on, Emit};
 use std::path::Path;
 
 /// Runs inference and prints the tensor.
@@ -11,6 +12,7 @@ pub fn run(
     texts: &[String],
     emit: Emit,
     adapter: Option<&Path>,
+    backend: Backend,
     format: Format,
     color: Color,
 ) -> i32 {
@@ -19,7 +21,7 @@ pub fn run(
         Ok(s) => s,
         Err(code) => return code,
     };
-    match infer(&spec, texts, emit, adapter) {
+    match infer_on(&spec, texts, emit, adapter, backend) {
         Ok(t) => {
             match format {
                 Format::Json => {

@@ -20,6 +20,24 @@ pub enum Format {
     Json,
 }
 
+/// Which backend executes programs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BackendArg {
+    /// Fused Cranelift kernels and gemm (the default).
+    Cpu,
+    /// The reference interpreter (slow; the oracle the other backends are tested against).
+    Reference,
+}
+
+impl From<BackendArg> for lorac_runtime::exec::Backend {
+    fn from(b: BackendArg) -> Self {
+        match b {
+            BackendArg::Cpu => lorac_runtime::exec::Backend::Cpu,
+            BackendArg::Reference => lorac_runtime::exec::Backend::Reference,
+        }
+    }
+}
+
 /// When to colour output.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Color {
@@ -80,6 +98,9 @@ enum Command {
         /// Trained adapter directory (holds adapter.safetensors).
         #[arg(long)]
         adapter: Option<PathBuf>,
+        /// Execution backend.
+        #[arg(long, value_enum, default_value = "cpu")]
+        backend: BackendArg,
         /// Output format.
         #[arg(long, value_enum, default_value = "text")]
         format: Format,
@@ -129,6 +150,9 @@ enum Command {
         /// Continue the run whose --out was DIR, to the same final step.
         #[arg(long)]
         resume: Option<PathBuf>,
+        /// Execution backend.
+        #[arg(long, value_enum, default_value = "cpu")]
+        backend: BackendArg,
         /// Colour.
         #[arg(long, value_enum, default_value = "auto")]
         color: Color,
@@ -143,6 +167,9 @@ enum Command {
         /// Evaluate on this file instead of the spec's dev set.
         #[arg(long)]
         data: Option<PathBuf>,
+        /// Execution backend.
+        #[arg(long, value_enum, default_value = "cpu")]
+        backend: BackendArg,
         /// Output format.
         #[arg(long, value_enum, default_value = "text")]
         format: Format,
@@ -208,22 +235,34 @@ pub fn run() -> i32 {
             steps,
             checkpoint_every,
             resume,
+            backend,
             color,
         } => train::run_train(
             &spec,
-            out.as_deref(),
-            steps,
-            checkpoint_every,
-            resume.as_deref(),
+            train::RunOptions {
+                out: out.as_deref(),
+                steps,
+                checkpoint_every,
+                resume: resume.as_deref(),
+                backend: backend.into(),
+            },
             color,
         ),
         Command::Eval {
             spec,
             adapter,
             data,
+            backend,
             format,
             color,
-        } => train::run_eval(&spec, &adapter, data.as_deref(), format, color),
+        } => train::run_eval(
+            &spec,
+            &adapter,
+            data.as_deref(),
+            backend.into(),
+            format,
+            color,
+        ),
         Command::Inspect {
             model_dir,
             alpha,
@@ -244,6 +283,7 @@ pub fn run() -> i32 {
             texts,
             emit,
             adapter,
+            backend,
             format,
             color,
         } => {
@@ -252,7 +292,15 @@ pub fn run() -> i32 {
                 EmitTensor::Pooled => lorac_runtime::infer::Emit::Pooled,
                 EmitTensor::Logits => lorac_runtime::infer::Emit::Logits,
             };
-            infer::run(&spec, &texts, emit, adapter.as_deref(), format, color)
+            infer::run(
+                &spec,
+                &texts,
+                emit,
+                adapter.as_deref(),
+                backend.into(),
+                format,
+                color,
+            )
         }
         Command::Compile {
             spec,

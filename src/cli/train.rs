@@ -3,6 +3,7 @@
 
 use super::check::{checked_spec, show_error, use_color};
 use super::{Color, Format};
+use lorac_runtime::exec::Backend;
 use lorac_runtime::train::{eval, train, Metrics, TrainOptions};
 use std::io::IsTerminal;
 use std::path::Path;
@@ -22,15 +23,29 @@ fn metrics_json(m: &Metrics) -> serde_json::Value {
     serde_json::json!({"examples": m.examples, "loss": m.loss, "accuracy": m.accuracy, "f1": m.f1})
 }
 
+/// Command-line options of `train`.
+pub struct RunOptions<'a> {
+    /// `--out`.
+    pub out: Option<&'a Path>,
+    /// `--steps`.
+    pub steps: Option<u64>,
+    /// `--checkpoint-every`.
+    pub checkpoint_every: Option<u64>,
+    /// `--resume`.
+    pub resume: Option<&'a Path>,
+    /// `--backend`.
+    pub backend: Backend,
+}
+
 /// Runs `train`.
-pub fn run_train(
-    spec: &Path,
-    out: Option<&Path>,
-    steps: Option<u64>,
-    checkpoint_every: Option<u64>,
-    resume: Option<&Path>,
-    color: Color,
-) -> i32 {
+pub fn run_train(spec: &Path, o: RunOptions<'_>, color: Color) -> i32 {
+    let RunOptions {
+        out,
+        steps,
+        checkpoint_every,
+        resume,
+        backend,
+    } = o;
     let color = use_color(color);
     let spec_v = match checked_spec(spec, color) {
         Ok(s) => s,
@@ -45,6 +60,7 @@ pub fn run_train(
         resume: resume.is_some(),
         progress: std::io::stderr().is_terminal(),
         stop_after: None,
+        backend,
     };
     match train(&spec_v, &opt) {
         Ok(m) => {
@@ -66,6 +82,7 @@ pub fn run_eval(
     spec: &Path,
     adapter: &Path,
     data: Option<&Path>,
+    backend: Backend,
     format: Format,
     color: Color,
 ) -> i32 {
@@ -74,7 +91,7 @@ pub fn run_eval(
         Ok(s) => s,
         Err(code) => return code,
     };
-    match eval(&spec_v, adapter, data) {
+    match eval(&spec_v, adapter, data, backend) {
         Ok(m) => {
             match format {
                 Format::Json => super::out(&format!("{}\n", metrics_json(&m))),

@@ -1,0 +1,345 @@
+//! One Cranelift function per fused kernel: `fn(ptrs, r0, r1)` runs rows `r0..r1`, each row as
+//! an f32x4 loop over `inner` plus a scalar tail. `ptrs` holds the operand base pointers, then
+//! the output base pointers.
+
+use super::math::Math;
+use crate::ir::ReduceOp;
+use crate::lower::kernel::{identity, Access, Form, Inst, Kernel};
+use cranelift_codegen::ir::condcodes::IntCC;
+use cranelift_codegen::ir::{
+    types, BlockArg, ConstantData, Endianness, FuncRef, InstBuilder, MemFlagsData, Value,
+};
+use cranelift_frontend::FunctionBuilder;
+
+/// Per-row addressing of one operand.
+#[derive(Clone, Copy)]
+enum RowOp {
+    /// Pointer to the row's first element.
+    Ptr(Value),
+    /// The row's single value.
+    Scalar(Value),
+}
+
+fn mem() -> MemFlagsData {
+    // Operands are valid for every index the kernel touches; rows need not be 16-byte aligned.
+    MemFlagsData::new().with_notrap()
+}
+
+fn group(b: &mut FunctionBuilder, r: Value, div: usize) -> Value {
+    if div == 1 {
+        r
+    } else {
+        b.ins().udiv_imm_u(r, div as i64)
+    }
+}
+
+fn combine(b: &mut FunctionBuilder, op: ReduceOp, x: Value, y: Value) -> Value {
+    match op {
+        ReduceOp::Sum => b.ins().fadd(x, y),
+        ReduceOp::Max => b.ins().fmax(x, y),
+    }
+}
+
+/// Evaluates the kernel body at byte offset `byte` within the row, in lanes of `m.ty`.
+fn body(b: &mut FunctionBuilder, k: &Kernel, m: &Math, rows: &[RowOp], byte: Value) -> Vec<Value> {
+    let mut v: Vec<Value> = Vec::with_capacity(k.body.len());
+    for inst in &k.body {
+        let x = match *inst {
+            Inst::Load(q) => match rows[q] {
+                RowOp::Ptr(p) => {
+                    let a = b.ins().iadd(p, byte);
+                    b.ins().load(m.ty, mem(), a, 0)
+                }
+                RowOp::Scalar(s) if m.ty == types::F32X4 => b.ins().splat(types::F32X4, s),
+                RowOp::Scalar(s) => s,
+            },
+            Inst::Const(c) => m.k(b, c),
+            Inst::Unary(u, a) => m.unary(b, u, v[a]),
+            Inst::Binary(op, x, y) => m.binary(b, op, v[x], v[y]),
+        };
+        v.push(x);
+    }
+    v
+}
+
+/// Emits the kernel's function body into `b` (whose signature is `(i64, i64, i64)`). A
+/// column sum also reads an f64 scratch row (zeroed by the caller) after its output pointer.
+pub fn define(b: &mut FunctionBuilder, k: &Kernel, libm: &[FuncRef], fast_math: bool) {
+    let entry = b.create_block();
+    b.append_block_params_for_function_params(entry);
+    b.switch_to_block(entry);
+    let p = b.block_params(entry).to_vec();
+    let (ptrs, r0, r1) = (p[0], p[1], p[2]);
+    let nops = k.operands.len();
+    let scratch = usize::from(matches!(k.form, Form::ColReduce(ReduceOp::Sum)));
+    let base: Vec<Value> = (0..nops + k.outputs.len() + scratch)
+        .map(|i| b.ins().load(types::I64, mem(), ptrs, (8 * i) as i32))
+        .collect();
+    let vec4 = Math {
+        ty: types::F32X4,
+        libm,
+        fast_math,
+    };
+    let one = Math {
+        ty: types::F32,
+        libm,
+        fast_math,
+    };
+    let red = match k.form {
+        Form::RowReduce(op) | Form::ColReduce(op) => Some(op),
+        Form::Map => None,
+    };
+    let ident = red.map(identity).unwrap_or(0.0);
+    let inner = k.inner as i64;
+    let nvec = inner / 4 * 4;
+
+    let row_hdr = b.create_block();
+    b.append_block_param(row_hdr, types::I64);
+    let row_body = b.create_block();
+    b.append_block_param(row_body, types::I64);
+    let exit = b.create_block();
+    b.ins().jump(row_hdr, &[BlockArg::Value(r0)]);
+
+    b.switch_to_block(row_hdr);
+    let r = b.block_params(row_hdr)[0];
+    let more = b.ins().icmp(IntCC::SignedLessThan, r, r1);
+    b.ins()
+        .brif(more, row_body, &[BlockArg::Value(r)], exit, &[]);
+
+    b.switch_to_block(row_body);
+    let r = b.block_params(row_body)[0];
+    let mut rows = Vec::with_capacity(nops);
+    for (q, acc) in k.operands.iter().enumerate() {
+        rows.push(match *acc {
+            Access::Vec { div } => {
+                let g = group(b, r, div);
+                let off = b.ins().imul_imm_s(g, inner * 4);
+                RowOp::Ptr(b.ins().iadd(base[q], off))
+            }
+            Access::Splat { div } => {
+                let g = group(b, r, div);
+                let off = b.ins().ishl_imm_u(g, 2);
+                let a = b.ins().iadd(base[q], off);
+                RowOp::Scalar(b.ins().load(types::F32, mem(), a, 0))
+            }
+        });
+    }
+    let outs: Vec<Value> = (0..k.outputs.len())
+        .map(|o| match k.form {
+            Form::Map => {
+                let off = b.ins().imul_imm_s(r, inner * 4);
+                b.ins().iadd(base[nops + o], off)
+            }
+            Form::RowReduce(_) => {
+                let off = b.ins().ishl_imm_u(r, 2);
+                b.ins().iadd(base[nops + o], off)
+            }
+            Form::ColReduce(_) => base[nops + o],
+        })
+        .collect();
+
+    // Vector loop over j in 0..nvec. Sums accumulate in f64 (two f64x2 halves), as the
+    // reference does; max accumulates in f32 (exact).
+    let vec_hdr = b.create_block();
+    b.append_block_param(vec_hdr, types::I64);
+    b.append_block_param(vec_hdr, types::F32X4);
+    b.append_block_param(vec_hdr, types::F64X2);
+    b.append_block_param(vec_hdr, types::F64X2);
+    let vec_body = b.create_block();
+    let vec_done = b.create_block();
+    let tail_hdr = b.create_block();
+    b.append_block_param(tail_hdr, types::I64);
+    b.append_block_param(tail_hdr, types::F32);
+    b.append_block_param(tail_hdr, types::F64);
+    let tail_body = b.create_block();
+    let row_end = b.create_block();
+    b.append_block_param(row_end, types::F32);
+    b.append_block_param(row_end, types::F64);
+
+    let zero = b.ins().iconst(types::I64, 0);
+    let acc0 = vec4.k(b, ident);
+    let z64 = b.ins().f64const(0.0);
+    let z64x2 = b.ins().splat(types::F64X2, z64);
+    b.ins().jump(
+        vec_hdr,
+        &[
+            BlockArg::Value(zero),
+            BlockArg::Value(acc0),
+            BlockArg::Value(z64x2),
+            BlockArg::Value(z64x2),
+        ],
+    );
+
+    b.switch_to_block(vec_hdr);
+    let hp = b.block_params(vec_hdr).to_vec();
+    let c = b.ins().icmp_imm_s(IntCC::SignedLessThan, hp[0], nvec);
+    b.ins().brif(c, vec_body, &[], vec_done, &[]);
+
+    b.switch_to_block(vec_body);
+    let byte = b.ins().ishl_imm_u(hp[0], 2);
+    let vals = body(b, k, &vec4, &rows, byte);
+    let v = vals[k.outputs[0]];
+    let mut acc = Acc {
+        f32: hp[1],
+        lo: hp[2],
+        hi: hp[3],
+    };
+    match (k.form, red) {
+        (Form::RowReduce(ReduceOp::Sum), _) => {
+            let (lo, hi) = widen(b, v);
+            acc.lo = b.ins().fadd(acc.lo, lo);
+            acc.hi = b.ins().fadd(acc.hi, hi);
+        }
+        (Form::RowReduce(op), _) => acc.f32 = combine(b, op, acc.f32, v),
+        (Form::ColReduce(ReduceOp::Sum), _) => {
+            let (lo, hi) = widen(b, v);
+            let off = b.ins().ishl_imm_u(hp[0], 3);
+            let a = b.ins().iadd(base[nops + 1], off);
+            for (h, part) in [(0, lo), (16, hi)] {
+                let o = b.ins().load(types::F64X2, mem(), a, h);
+                let n = b.ins().fadd(o, part);
+                b.ins().store(mem(), n, a, h);
+            }
+        }
+        (Form::ColReduce(op), _) => {
+            let a = b.ins().iadd(outs[0], byte);
+            let o = b.ins().load(types::F32X4, mem(), a, 0);
+            let n = combine(b, op, o, v);
+            b.ins().store(mem(), n, a, 0);
+        }
+        (Form::Map, _) => {
+            for (o, &s) in k.outputs.iter().enumerate() {
+                let a = b.ins().iadd(outs[o], byte);
+                b.ins().store(mem(), vals[s], a, 0);
+            }
+        }
+    }
+    let j4 = b.ins().iadd_imm_s(hp[0], 4);
+    b.ins().jump(
+        vec_hdr,
+        &[
+            BlockArg::Value(j4),
+            BlockArg::Value(acc.f32),
+            BlockArg::Value(acc.lo),
+            BlockArg::Value(acc.hi),
+        ],
+    );
+
+    b.switch_to_block(vec_done);
+    let hs = match red {
+        Some(op) if matches!(k.form, Form::RowReduce(_)) && op != ReduceOp::Sum => {
+            let l: Vec<Value> = (0..4u8).map(|i| b.ins().extractlane(hp[1], i)).collect();
+            let a = combine(b, op, l[0], l[1]);
+            let c = combine(b, op, l[2], l[3]);
+            combine(b, op, a, c)
+        }
+        _ => one.k(b, ident),
+    };
+    let l0 = b.ins().extractlane(hp[2], 0);
+    let l1 = b.ins().extractlane(hp[2], 1);
+    let h0 = b.ins().extractlane(hp[3], 0);
+    let h1 = b.ins().extractlane(hp[3], 1);
+    let s0 = b.ins().fadd(l0, l1);
+    let s1 = b.ins().fadd(h0, h1);
+    let hs64 = b.ins().fadd(s0, s1);
+    let nv = b.ins().iconst(types::I64, nvec);
+    b.ins().jump(
+        tail_hdr,
+        &[
+            BlockArg::Value(nv),
+            BlockArg::Value(hs),
+            BlockArg::Value(hs64),
+        ],
+    );
+
+    b.switch_to_block(tail_hdr);
+    let tp = b.block_params(tail_hdr).to_vec();
+    let c = b.ins().icmp_imm_s(IntCC::SignedLessThan, tp[0], inner);
+    b.ins().brif(
+        c,
+        tail_body,
+        &[],
+        row_end,
+        &[BlockArg::Value(tp[1]), BlockArg::Value(tp[2])],
+    );
+
+    b.switch_to_block(tail_body);
+    let byte = b.ins().ishl_imm_u(tp[0], 2);
+    let vals = body(b, k, &one, &rows, byte);
+    let v = vals[k.outputs[0]];
+    let (mut a32, mut a64) = (tp[1], tp[2]);
+    match k.form {
+        Form::RowReduce(ReduceOp::Sum) => {
+            let w = b.ins().fpromote(types::F64, v);
+            a64 = b.ins().fadd(a64, w);
+        }
+        Form::RowReduce(op) => a32 = combine(b, op, a32, v),
+        Form::ColReduce(ReduceOp::Sum) => {
+            let w = b.ins().fpromote(types::F64, v);
+            let off = b.ins().ishl_imm_u(tp[0], 3);
+            let a = b.ins().iadd(base[nops + 1], off);
+            let o = b.ins().load(types::F64, mem(), a, 0);
+            let n = b.ins().fadd(o, w);
+            b.ins().store(mem(), n, a, 0);
+        }
+        Form::ColReduce(op) => {
+            let a = b.ins().iadd(outs[0], byte);
+            let o = b.ins().load(types::F32, mem(), a, 0);
+            let n = combine(b, op, o, v);
+            b.ins().store(mem(), n, a, 0);
+        }
+        Form::Map => {
+            for (o, &s) in k.outputs.iter().enumerate() {
+                let a = b.ins().iadd(outs[o], byte);
+                b.ins().store(mem(), vals[s], a, 0);
+            }
+        }
+    }
+    let j1 = b.ins().iadd_imm_s(tp[0], 1);
+    b.ins().jump(
+        tail_hdr,
+        &[
+            BlockArg::Value(j1),
+            BlockArg::Value(a32),
+            BlockArg::Value(a64),
+        ],
+    );
+
+    b.switch_to_block(row_end);
+    let ep = b.block_params(row_end).to_vec();
+    match k.form {
+        Form::RowReduce(ReduceOp::Sum) => {
+            let v = b.ins().fdemote(types::F32, ep[1]);
+            b.ins().store(mem(), v, outs[0], 0);
+        }
+        Form::RowReduce(_) => {
+            b.ins().store(mem(), ep[0], outs[0], 0);
+        }
+        _ => {}
+    }
+    let rn = b.ins().iadd_imm_s(r, 1);
+    b.ins().jump(row_hdr, &[BlockArg::Value(rn)]);
+
+    b.switch_to_block(exit);
+    b.ins().return_(&[]);
+    b.seal_all_blocks();
+}
+
+/// Loop-carried accumulators of the vector loop.
+struct Acc {
+    f32: Value,
+    lo: Value,
+    hi: Value,
+}
+
+/// Lanes 0–1 and 2–3 of an f32x4 as two f64x2.
+fn widen(b: &mut FunctionBuilder, v: Value) -> (Value, Value) {
+    let lo = b.ins().fvpromote_low(v);
+    let le = MemFlagsData::new().with_endianness(Endianness::Little);
+    let bytes = b.ins().bitcast(types::I8X16, le, v);
+    let mask: Vec<u8> = (8..16).chain(0..8).collect();
+    let imm = b.func.dfg.immediates.push(ConstantData::from(mask));
+    let sw = b.ins().shuffle(bytes, bytes, imm);
+    let hv = b.ins().bitcast(types::F32X4, le, sw);
+    (lo, b.ins().fvpromote_low(hv))
+}

@@ -1,0 +1,154 @@
+//! Backend-neutral fused kernels: a loop nest over a `(rows, inner)` iteration space with an
+//! SSA body of elementwise instructions. The CPU backend JIT-compiles these with Cranelift;
+//! the CUDA backend renders the same description as CUDA C.
+
+use crate::ir::ops::elementwise::{binary_fn, unary_fn};
+use crate::ir::{BinaryOp, ReduceOp, UnaryOp};
+
+/// How an operand is addressed at iteration point `(r, j)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Access {
+    /// A row vector per group of `div` rows: element `(r / div) * inner + j`.
+    Vec { div: usize },
+    /// One value per group of `div` rows, shared by every `j`: element `r / div`.
+    Splat { div: usize },
+}
+
+/// One SSA instruction of a kernel body; operands name earlier instructions.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Inst {
+    /// The value of operand `k` at the current point.
+    Load(usize),
+    /// A constant.
+    Const(f32),
+    /// Elementwise unary.
+    Unary(UnaryOp, usize),
+    /// Elementwise binary.
+    Binary(BinaryOp, usize, usize),
+}
+
+/// What a kernel does with its body's values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Form {
+    /// Stores every output at `r * inner + j`.
+    Map,
+    /// Reduces the single output over `j`: `out[r]`.
+    RowReduce(ReduceOp),
+    /// Reduces the single output over `r`: `out[j]` (the executor seeds `out` with the identity).
+    ColReduce(ReduceOp),
+}
+
+/// A fused kernel.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Kernel {
+    /// Stable name (for dumps and generated source).
+    pub name: String,
+    /// Loop form.
+    pub form: Form,
+    /// Outer extent.
+    pub rows: usize,
+    /// Inner (contiguous) extent.
+    pub inner: usize,
+    /// Operand addressing, in operand order.
+    pub operands: Vec<Access>,
+    /// SSA body.
+    pub body: Vec<Inst>,
+    /// Body values stored as outputs, in output order.
+    pub outputs: Vec<usize>,
+}
+
+impl Access {
+    /// Element index of operand at `(r, j)`.
+    pub fn index(self, r: usize, j: usize, inner: usize) -> usize {
+        match self {
+            Access::Vec { div } => (r / div) * inner + j,
+            Access::Splat { div } => r / div,
+        }
+    }
+}
+
+impl Kernel {
+    /// Number of elements of output `o`.
+    pub fn output_len(&self) -> usize {
+        match self.form {
+            Form::Map => self.rows * self.inner,
+            Form::RowReduce(_) => self.rows,
+            Form::ColReduce(_) => self.inner,
+        }
+    }
+
+    /// Elements operand `k` spans (its buffer must hold at least this many).
+    pub fn operand_len(&self, k: usize) -> usize {
+        let groups = |div: usize| self.rows.div_ceil(div.max(1));
+        match self.operands[k] {
+            Access::Vec { div } => groups(div) * self.inner,
+            Access::Splat { div } => groups(div),
+        }
+    }
+
+    /// Evaluates the body at one point (host semantics; the definition backends must match).
+    pub fn point(&self, ins: &[&[f32]], r: usize, j: usize, vals: &mut Vec<f32>) {
+        vals.clear();
+        for inst in &self.body {
+            let v = match *inst {
+                Inst::Load(k) => ins[k][self.operands[k].index(r, j, self.inner)],
+                Inst::Const(c) => c,
+                Inst::Unary(u, a) => unary_fn(u, vals[a]),
+                Inst::Binary(b, x, y) => binary_fn(b, vals[x], vals[y]),
+            };
+            vals.push(v);
+        }
+    }
+
+    /// Runs the kernel on host slices (a slow, obviously correct emulation).
+    pub fn eval_host(&self, ins: &[&[f32]], outs: &mut [Vec<f32>]) {
+        let mut vals = Vec::with_capacity(self.body.len());
+        match self.form {
+            Form::Map => {
+                for r in 0..self.rows {
+                    for j in 0..self.inner {
+                        self.point(ins, r, j, &mut vals);
+                        for (o, &s) in self.outputs.iter().enumerate() {
+                            outs[o][r * self.inner + j] = vals[s];
+                        }
+                    }
+                }
+            }
+            Form::RowReduce(op) => {
+                for (r, o) in outs[0].iter_mut().enumerate().take(self.rows) {
+                    let mut acc = identity(op);
+                    for j in 0..self.inner {
+                        self.point(ins, r, j, &mut vals);
+                        acc = combine(op, acc, vals[self.outputs[0]]);
+                    }
+                    *o = acc;
+                }
+            }
+            Form::ColReduce(op) => {
+                outs[0].iter_mut().for_each(|v| *v = identity(op));
+                for r in 0..self.rows {
+                    for (j, o) in outs[0].iter_mut().enumerate().take(self.inner) {
+                        self.point(ins, r, j, &mut vals);
+                        *o = combine(op, *o, vals[self.outputs[0]]);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The identity of a reduction.
+pub fn identity(op: ReduceOp) -> f32 {
+    match op {
+        ReduceOp::Sum => 0.0,
+        ReduceOp::Max => f32::NEG_INFINITY,
+    }
+}
+
+/// One reduction step.
+pub fn combine(op: ReduceOp, a: f32, b: f32) -> f32 {
+    match op {
+        ReduceOp::Sum => a + b,
+        ReduceOp::Max => a.max(b),
+    }
+}

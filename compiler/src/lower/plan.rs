@@ -1,0 +1,523 @@
+//! Turns a graph into steps over buffers: elementwise chains and their reductions become fused
+//! [`Kernel`]s, matrix products read transposed operands in place, reshapes alias their
+//! operand, and the remaining ops run as host steps. Backend-neutral.
+
+use super::kernel::{Access, Form, Inst, Kernel};
+use crate::ir::ops::reduce::split;
+use crate::ir::{DType, Graph, NodeId, Op, ReduceOp, R};
+use petgraph::Direction;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+/// A buffer handle.
+pub type BufId = usize;
+
+/// Where a buffer's contents live.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Storage {
+    /// A named run-time input, read in place.
+    Input(String),
+    /// A constant made at plan time.
+    Const(Arc<Vec<f32>>),
+    /// A temporary placed by the memory planner.
+    Temp,
+}
+
+/// A buffer: storage, element type, element count.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Buf {
+    /// Where it lives.
+    pub storage: Storage,
+    /// Element type.
+    pub dtype: DType,
+    /// Number of elements.
+    pub len: usize,
+}
+
+/// A matrix-product operand: a buffer, read transposed (last two axes swapped) or not.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Mat {
+    /// The buffer.
+    pub buf: BufId,
+    /// Read as the transpose of its stored `[.., cols, rows]` layout.
+    pub trans: bool,
+}
+
+/// One step of a lowered program.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Step {
+    /// A fused kernel: operand buffers (in operand order) and output buffers.
+    Kernel {
+        /// Index into [`Plan::kernels`].
+        kernel: usize,
+        /// Operand buffers.
+        ins: Vec<BufId>,
+        /// Output buffers.
+        outs: Vec<BufId>,
+    },
+    /// `out[b] = a[b] @ b[b]` for each of `batch` matrices of `m×k` and `k×n`.
+    MatMul {
+        /// Left operand.
+        a: Mat,
+        /// Right operand.
+        b: Mat,
+        /// Output `[batch, m, n]`.
+        out: BufId,
+        /// Batch count.
+        batch: usize,
+        /// Rows of the output.
+        m: usize,
+        /// Inner dimension.
+        k: usize,
+        /// Columns of the output.
+        n: usize,
+    },
+    /// Any other op, run by the backend's host implementation.
+    Host {
+        /// The op.
+        op: Op,
+        /// Operand buffers with their shapes.
+        ins: Vec<(BufId, Vec<usize>)>,
+        /// Output buffer.
+        out: BufId,
+        /// Output shape.
+        shape: Vec<usize>,
+    },
+}
+
+/// A lowered program.
+#[derive(Clone, Debug, Default)]
+pub struct Plan {
+    /// Buffers.
+    pub bufs: Vec<Buf>,
+    /// Steps in execution order.
+    pub steps: Vec<Step>,
+    /// The fused kernels.
+    pub kernels: Vec<Kernel>,
+    /// Named results: buffer, shape, element type.
+    pub outputs: Vec<(String, BufId, Vec<usize>, DType)>,
+}
+
+/// How a reduction lowers.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum RedKind {
+    /// Over the last axis, elementwise producers fused in.
+    Row,
+    /// Over an axis followed only by size-1 axes, of a materialised `[outer, n]` view.
+    RowPlain,
+    /// Over the second-to-last axis of a `[n, inner]` view, producers fused in.
+    ColFused,
+    /// Over a leading axis of a materialised `[n, rest]` view.
+    ColPlain,
+    /// Anything else.
+    Host,
+}
+
+struct Lower<'g> {
+    g: &'g Graph,
+    out_edges: HashMap<NodeId, usize>,
+    outputs: HashSet<NodeId>,
+    plan: Plan,
+    buf: HashMap<NodeId, BufId>,
+}
+
+fn is_elem(op: &Op) -> bool {
+    matches!(op, Op::Unary(_) | Op::Binary(_))
+}
+
+/// Splits a shape into the `(rows, inner)` iteration space.
+fn rows_inner(s: &[usize]) -> (usize, usize) {
+    match s.split_last() {
+        Some((&inner, lead)) => (lead.iter().product(), inner),
+        None => (1, 1),
+    }
+}
+
+/// Addressing of a tensor of shape `i` broadcast to iteration shape `s`, when expressible.
+pub fn access_for(i: &[usize], s: &[usize]) -> Option<Access> {
+    let r = s.len();
+    if r == 0 || i.len() > r {
+        return (i.len() == r).then_some(Access::Vec { div: 1 });
+    }
+    let mut ip = vec![1; r - i.len()];
+    ip.extend_from_slice(i);
+    let vec = ip[r - 1] == s[r - 1];
+    if !vec && ip[r - 1] != 1 {
+        return None;
+    }
+    let mut t = 0;
+    while t < r - 1 && ip[t] == s[t] {
+        t += 1;
+    }
+    if (t..r - 1).any(|k| ip[k] != 1) {
+        return None;
+    }
+    let div = s[t..r - 1].iter().product::<usize>().max(1);
+    Some(if vec {
+        Access::Vec { div }
+    } else {
+        Access::Splat { div }
+    })
+}
+
+impl Lower<'_> {
+    fn node(&self, id: NodeId) -> &crate::ir::Node {
+        self.g.node(id)
+    }
+
+    fn users(&self, id: NodeId) -> Vec<NodeId> {
+        self.g
+            .g
+            .neighbors_directed(id, Direction::Outgoing)
+            .collect()
+    }
+
+    fn red_kind(&self, id: NodeId) -> RedKind {
+        let n = self.node(id);
+        let Op::Reduce { axis, .. } = n.op else {
+            return RedKind::Host;
+        };
+        let x = self.g.shape(self.g.inputs(id)[0]);
+        let (outer, _, inner) = split(x, axis);
+        if inner == 1 && axis + 1 == x.len() {
+            RedKind::Row
+        } else if inner == 1 {
+            RedKind::RowPlain
+        } else if outer == 1 && axis + 2 == x.len() {
+            RedKind::ColFused
+        } else if outer == 1 {
+            RedKind::ColPlain
+        } else {
+            RedKind::Host
+        }
+    }
+
+    /// Elementwise with one use by a kernel that can absorb it.
+    fn inlined(&self, id: NodeId) -> bool {
+        if !is_elem(&self.node(id).op)
+            || self.outputs.contains(&id)
+            || self.out_edges.get(&id) != Some(&1)
+        {
+            return false;
+        }
+        let u = self.users(id)[0];
+        is_elem(&self.node(u).op) || matches!(self.red_kind(u), RedKind::Row | RedKind::ColFused)
+    }
+
+    /// A broadcast only elementwise kernels read (through an addressing mode).
+    fn virtual_bcast(&self, id: NodeId) -> bool {
+        let n = self.node(id);
+        if !matches!(n.op, Op::Broadcast { .. }) || self.outputs.contains(&id) {
+            return false;
+        }
+        let src = self.g.inputs(id)[0];
+        self.node(src).dtype == DType::F32
+            && access_for(self.g.shape(src), &n.shape).is_some()
+            && self.users(id).iter().all(|&u| is_elem(&self.node(u).op))
+    }
+
+    /// A last-two-axes transpose only matrix products read.
+    fn virtual_t(&self, id: NodeId) -> bool {
+        let n = self.node(id);
+        let Op::Permute { perm } = &n.op else {
+            return false;
+        };
+        let r = perm.len();
+        r >= 2
+            && !self.outputs.contains(&id)
+            && perm[..r - 2].iter().enumerate().all(|(i, &p)| i == p)
+            && perm[r - 2] == r - 1
+            && perm[r - 1] == r - 2
+            && self
+                .users(id)
+                .iter()
+                .all(|&u| matches!(self.node(u).op, Op::MatMul))
+    }
+
+    fn temp(&mut self, id: NodeId) -> BufId {
+        let n = self.node(id);
+        let b = Buf {
+            storage: Storage::Temp,
+            dtype: n.dtype,
+            len: n.shape.iter().product(),
+        };
+        self.plan.bufs.push(b);
+        let bid = self.plan.bufs.len() - 1;
+        self.buf.insert(id, bid);
+        bid
+    }
+
+    fn get(&self, id: NodeId) -> R<BufId> {
+        self.buf.get(&id).copied().ok_or_else(|| {
+            crate::ir::IrError(format!(
+                "lowering: node {} ({}) has no buffer",
+                id.index(),
+                self.node(id).op.name()
+            ))
+        })
+    }
+
+    fn fill_value(&self, id: NodeId) -> Option<f32> {
+        match &self.node(id).op {
+            Op::Fill { value, .. } => Some(*value),
+            Op::Broadcast { .. } => self.fill_value(self.g.inputs(id)[0]),
+            _ => None,
+        }
+    }
+
+    /// Emits the body value of `id` within a kernel over iteration shape `s`.
+    fn emit(
+        &self,
+        id: NodeId,
+        s: &[usize],
+        k: &mut Kernel,
+        ins: &mut Vec<BufId>,
+        root: bool,
+    ) -> R<usize> {
+        let n = self.node(id);
+        if root || self.inlined(id) {
+            let ops = self.g.inputs(id);
+            let inst = match n.op {
+                Op::Unary(u) => Inst::Unary(u, self.emit(ops[0], s, k, ins, false)?),
+                Op::Binary(b) => {
+                    let x = self.emit(ops[0], s, k, ins, false)?;
+                    let y = self.emit(ops[1], s, k, ins, false)?;
+                    Inst::Binary(b, x, y)
+                }
+                _ => return self.leaf(id, s, k, ins),
+            };
+            k.body.push(inst);
+            return Ok(k.body.len() - 1);
+        }
+        self.leaf(id, s, k, ins)
+    }
+
+    fn leaf(&self, id: NodeId, s: &[usize], k: &mut Kernel, ins: &mut Vec<BufId>) -> R<usize> {
+        if let Some(v) = self.fill_value(id) {
+            k.body.push(Inst::Const(v));
+            return Ok(k.body.len() - 1);
+        }
+        let (buf, acc) = if self.virtual_bcast(id) {
+            let src = self.g.inputs(id)[0];
+            let acc = access_for(self.g.shape(src), s)
+                .ok_or_else(|| crate::ir::IrError("lowering: broadcast pattern".into()))?;
+            (self.get(src)?, acc)
+        } else {
+            (self.get(id)?, Access::Vec { div: 1 })
+        };
+        let slot = match (0..ins.len()).find(|&q| ins[q] == buf && k.operands[q] == acc) {
+            Some(q) => q,
+            None => {
+                ins.push(buf);
+                k.operands.push(acc);
+                ins.len() - 1
+            }
+        };
+        if let Some(p) = k.body.iter().position(|i| *i == Inst::Load(slot)) {
+            return Ok(p);
+        }
+        k.body.push(Inst::Load(slot));
+        Ok(k.body.len() - 1)
+    }
+
+    fn kernel(&mut self, id: NodeId, form: Form, space: &[usize], body_root: NodeId) -> R<()> {
+        let kind = self.red_kind(id);
+        let plain = matches!(kind, RedKind::ColPlain | RedKind::RowPlain);
+        let (rows, inner) = match (kind, &self.node(id).op) {
+            (RedKind::ColPlain, Op::Reduce { axis, .. }) => {
+                let (_, n, inner) = split(space, *axis);
+                (n, inner)
+            }
+            (RedKind::RowPlain, Op::Reduce { axis, .. }) => {
+                let (outer, n, _) = split(space, *axis);
+                (outer, n)
+            }
+            _ => rows_inner(space),
+        };
+        let mut k = Kernel {
+            name: format!("k{}", self.plan.kernels.len()),
+            form,
+            rows,
+            inner,
+            operands: vec![],
+            body: vec![],
+            outputs: vec![],
+        };
+        let mut ins = vec![];
+        let root = match form {
+            Form::Map => self.emit(body_root, space, &mut k, &mut ins, true)?,
+            _ if plain => {
+                k.operands.push(Access::Vec { div: 1 });
+                ins.push(self.get(body_root)?);
+                k.body.push(Inst::Load(0));
+                0
+            }
+            _ => self.emit(body_root, space, &mut k, &mut ins, false)?,
+        };
+        k.outputs.push(root);
+        let out = self.temp(id);
+        self.plan.kernels.push(k);
+        self.plan.steps.push(Step::Kernel {
+            kernel: self.plan.kernels.len() - 1,
+            ins,
+            outs: vec![out],
+        });
+        Ok(())
+    }
+
+    fn lower_node(&mut self, id: NodeId) -> R<()> {
+        let n = self.node(id).clone();
+        let ops = self.g.inputs(id);
+        match &n.op {
+            Op::Input { name, .. } => {
+                self.plan.bufs.push(Buf {
+                    storage: Storage::Input(name.clone()),
+                    dtype: n.dtype,
+                    len: n.shape.iter().product(),
+                });
+                self.buf.insert(id, self.plan.bufs.len() - 1);
+            }
+            Op::Fill { shape, value } => {
+                let data = Arc::new(vec![*value; shape.iter().product()]);
+                self.constant(id, data);
+            }
+            Op::Literal { data, .. } => self.constant(id, data.clone()),
+            Op::Reshape { .. } | Op::StopGrad => {
+                let b = self.get(ops[0])?;
+                self.buf.insert(id, b);
+            }
+            Op::Cast { to } if *to == self.node(ops[0]).dtype => {
+                let b = self.get(ops[0])?;
+                self.buf.insert(id, b);
+            }
+            Op::Unary(_) | Op::Binary(_) => {
+                if !self.inlined(id) {
+                    self.kernel(id, Form::Map, &n.shape, id)?;
+                }
+            }
+            Op::Broadcast { .. } if self.virtual_bcast(id) => {}
+            Op::Permute { .. } if self.virtual_t(id) => {}
+            Op::MatMul => {
+                let mat = |l: &Self, o: NodeId| -> R<Mat> {
+                    if l.virtual_t(o) {
+                        Ok(Mat {
+                            buf: l.get(l.g.inputs(o)[0])?,
+                            trans: true,
+                        })
+                    } else {
+                        Ok(Mat {
+                            buf: l.get(o)?,
+                            trans: false,
+                        })
+                    }
+                };
+                let (a, b) = (mat(self, ops[0])?, mat(self, ops[1])?);
+                let (sa, sb) = (self.g.shape(ops[0]), self.g.shape(ops[1]));
+                let r = sa.len();
+                let (batch, m, k, nn) = (
+                    sa[..r - 2].iter().product(),
+                    sa[r - 2],
+                    sa[r - 1],
+                    sb[r - 1],
+                );
+                let out = self.temp(id);
+                self.plan.steps.push(Step::MatMul {
+                    a,
+                    b,
+                    out,
+                    batch,
+                    m,
+                    k,
+                    n: nn,
+                });
+            }
+            Op::Reduce { op, .. } => {
+                let x = ops[0];
+                let space = self.g.shape(x).to_vec();
+                match self.red_kind(id) {
+                    RedKind::Row | RedKind::RowPlain => {
+                        self.kernel(id, Form::RowReduce(*op), &space, x)?
+                    }
+                    RedKind::ColFused | RedKind::ColPlain => {
+                        self.kernel(id, Form::ColReduce(*op), &space, x)?
+                    }
+                    RedKind::Host => self.host(id, &n, &ops)?,
+                }
+            }
+            _ => self.host(id, &n, &ops)?,
+        }
+        Ok(())
+    }
+
+    fn constant(&mut self, id: NodeId, data: Arc<Vec<f32>>) {
+        self.plan.bufs.push(Buf {
+            storage: Storage::Const(data.clone()),
+            dtype: DType::F32,
+            len: data.len(),
+        });
+        self.buf.insert(id, self.plan.bufs.len() - 1);
+    }
+
+    fn host(&mut self, id: NodeId, n: &crate::ir::Node, ops: &[NodeId]) -> R<()> {
+        let ins = ops
+            .iter()
+            .map(|&o| Ok((self.get(o)?, self.g.shape(o).to_vec())))
+            .collect::<R<Vec<_>>>()?;
+        let out = self.temp(id);
+        self.plan.steps.push(Step::Host {
+            op: n.op.clone(),
+            ins,
+            out,
+            shape: n.shape.clone(),
+        });
+        Ok(())
+    }
+}
+
+/// Lowers a graph to a plan.
+pub fn lower(g: &Graph) -> R<Plan> {
+    let order = g.topo()?;
+    let out_edges = order
+        .iter()
+        .map(|&i| (i, g.g.edges_directed(i, Direction::Outgoing).count()))
+        .collect();
+    let mut l = Lower {
+        g,
+        out_edges,
+        outputs: g.outputs.iter().map(|(_, i)| *i).collect(),
+        plan: Plan::default(),
+        buf: HashMap::new(),
+    };
+    for &id in &order {
+        l.lower_node(id)?;
+    }
+    for (name, id) in &g.outputs {
+        let b = l.get(*id)?;
+        let n = g.node(*id);
+        l.plan
+            .outputs
+            .push((name.clone(), b, n.shape.clone(), n.dtype));
+    }
+    Ok(l.plan)
+}
+
+/// Number of graph nodes each kernel absorbed, for reports.
+pub fn fused_ops(p: &Plan) -> usize {
+    p.kernels
+        .iter()
+        .map(|k| {
+            k.body
+                .iter()
+                .filter(|i| matches!(i, Inst::Unary(..) | Inst::Binary(..)))
+                .count()
+        })
+        .sum()
+}
+
+/// The reduction kind an op has (for dumps).
+pub fn reduce_name(op: ReduceOp) -> &'static str {
+    match op {
+        ReduceOp::Sum => "sum",
+        ReduceOp::Max => "max",
+    }
+}

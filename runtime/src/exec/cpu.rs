@@ -1,0 +1,280 @@
+//! The CPU executor: runs a lowered plan over one arena placed by the memory planner,
+//! calling Cranelift kernels (rows split across threads), gemm for matrix products and the
+//! host ops for the rest.
+
+use super::host::{self, In, Out};
+use lorac_compiler::ir::ReduceOp;
+use lorac_compiler::ir::{DType, Graph, Tensor};
+use lorac_compiler::lower::cpu::{compile, CpuKernels, CpuOptions};
+use lorac_compiler::lower::kernel::{identity, Form};
+use lorac_compiler::lower::memplan::{self, MemPlan};
+use lorac_compiler::lower::plan::{lower, Mat, Plan, Step, Storage};
+use rayon::prelude::*;
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+/// A compiled program for the CPU backend.
+pub struct CpuProgram {
+    /// The lowered plan.
+    pub plan: Plan,
+    /// Where each temporary lives.
+    pub mem: MemPlan,
+    kernels: CpuKernels,
+    arena: Mutex<Vec<u64>>,
+}
+
+/// Raw base pointers shared with worker threads.
+#[derive(Clone, Copy)]
+struct Ptrs<'a>(&'a [*mut f32]);
+// SAFETY: the executor hands each thread a disjoint row range of the outputs; operands are
+// only read.
+unsafe impl Send for Ptrs<'_> {}
+// SAFETY: as above.
+unsafe impl Sync for Ptrs<'_> {}
+
+/// Elements below which a kernel runs on one thread.
+const PAR_MIN: usize = 1 << 15;
+
+impl CpuProgram {
+    /// Lowers, plans memory and JIT-compiles a graph.
+    pub fn new(g: &Graph, opt: CpuOptions) -> Result<CpuProgram, String> {
+        let plan = lower(g).map_err(|e| e.0)?;
+        let mem = memplan::plan(&plan);
+        memplan::verify(&plan, &mem)?;
+        let kernels = compile(&plan.kernels, opt)?;
+        Ok(CpuProgram {
+            arena: Mutex::new(vec![0u64; mem.peak / 8]),
+            plan,
+            mem,
+            kernels,
+        })
+    }
+
+    /// Runs the program; inputs are looked up by name in the maps, in order.
+    pub fn run(
+        &self,
+        inputs: &[&HashMap<String, Tensor>],
+    ) -> Result<HashMap<String, Tensor>, String> {
+        let mut arena = self
+            .arena
+            .lock()
+            .map_err(|_| "a previous run of this program panicked".to_string())?;
+        let base = arena.as_mut_ptr() as *mut u8;
+        let mut ptr: Vec<*mut u8> = Vec::with_capacity(self.plan.bufs.len());
+        for (b, buf) in self.plan.bufs.iter().enumerate() {
+            ptr.push(match &buf.storage {
+                Storage::Input(name) => {
+                    let t = inputs
+                        .iter()
+                        .find_map(|m| m.get(name))
+                        .ok_or_else(|| format!("no value for input `{name}`"))?;
+                    let ok = t.len() == buf.len
+                        && matches!(
+                            (&t.data, buf.dtype),
+                            (lorac_compiler::ir::Data::F32(_), DType::F32)
+                                | (lorac_compiler::ir::Data::I64(_), DType::I64)
+                        );
+                    if !ok {
+                        return Err(format!(
+                            "input `{name}` expects {:?} with {} values, got {:?}",
+                            buf.dtype, buf.len, t.shape
+                        ));
+                    }
+                    match &t.data {
+                        lorac_compiler::ir::Data::F32(v) => v.as_ptr() as *mut u8,
+                        lorac_compiler::ir::Data::I64(v) => v.as_ptr() as *mut u8,
+                    }
+                }
+                Storage::Const(d) => d.as_ptr() as *mut u8,
+                Storage::Temp => match self.mem.offset[b] {
+                    // SAFETY: the planner placed this buffer inside the arena.
+                    Some(o) => unsafe { base.add(o) },
+                    None => std::ptr::null_mut(),
+                },
+            });
+        }
+        for step in &self.plan.steps {
+            // SAFETY: every pointer addresses a buffer of the planned length, and the memory
+            // plan (verified at build time) keeps live temporaries disjoint.
+            unsafe { self.step(step, &ptr)? };
+        }
+        let mut out = HashMap::new();
+        for (name, b, shape, dtype) in &self.plan.outputs {
+            let len = self.plan.bufs[*b].len;
+            // SAFETY: as above; outputs live to the end of the run.
+            let t = unsafe {
+                match dtype {
+                    DType::F32 => Tensor::f32(
+                        shape.clone(),
+                        std::slice::from_raw_parts(ptr[*b] as *const f32, len).to_vec(),
+                    ),
+                    DType::I64 => Tensor::i64(
+                        shape.clone(),
+                        std::slice::from_raw_parts(ptr[*b] as *const i64, len).to_vec(),
+                    ),
+                }
+            };
+            out.insert(name.clone(), t);
+        }
+        Ok(out)
+    }
+
+    unsafe fn step(&self, step: &Step, ptr: &[*mut u8]) -> Result<(), String> {
+        match step {
+            Step::Kernel { kernel, ins, outs } => {
+                let k = &self.plan.kernels[*kernel];
+                let f = self.kernels.fns[*kernel];
+                let mut ps: Vec<*mut f32> = ins
+                    .iter()
+                    .chain(outs)
+                    .map(|&b| ptr[b] as *mut f32)
+                    .collect();
+                let rows = k.rows as i64;
+                match k.form {
+                    Form::ColReduce(ReduceOp::Sum) => {
+                        // Column sums accumulate in an f64 row, like the reference.
+                        let mut acc = vec![0f64; k.inner];
+                        ps.push(acc.as_mut_ptr() as *mut f32);
+                        f(ps.as_ptr(), 0, rows);
+                        let o = std::slice::from_raw_parts_mut(ps[ins.len()], k.inner);
+                        for (o, a) in o.iter_mut().zip(&acc) {
+                            *o = *a as f32;
+                        }
+                    }
+                    Form::ColReduce(op) => {
+                        let o = std::slice::from_raw_parts_mut(ps[ins.len()], k.inner);
+                        o.iter_mut().for_each(|v| *v = identity(op));
+                        f(ps.as_ptr(), 0, rows);
+                    }
+                    _ if k.rows * k.inner < PAR_MIN || k.rows < 2 => f(ps.as_ptr(), 0, rows),
+                    _ => {
+                        let chunks = (rayon::current_num_threads() * 4).min(k.rows) as i64;
+                        let shared = Ptrs(&ps);
+                        (0..chunks).into_par_iter().for_each(|c| {
+                            let s = shared;
+                            let (r0, r1) = (rows * c / chunks, rows * (c + 1) / chunks);
+                            // SAFETY: row ranges are disjoint; each writes only its rows.
+                            unsafe { f(s.0.as_ptr(), r0, r1) };
+                        });
+                    }
+                }
+            }
+            Step::MatMul {
+                a,
+                b,
+                out,
+                batch,
+                m,
+                k,
+                n,
+            } => matmul(ptr, *a, *b, *out, *batch, *m, *k, *n),
+            Step::Host {
+                op,
+                ins,
+                out,
+                shape,
+            } => {
+                let views: Vec<In<'_>> = ins
+                    .iter()
+                    .map(|(b, s)| {
+                        let len = s.iter().product();
+                        match self.plan.bufs[*b].dtype {
+                            DType::F32 => In::F(
+                                std::slice::from_raw_parts(ptr[*b] as *const f32, len),
+                                s.as_slice(),
+                            ),
+                            DType::I64 => In::I(
+                                std::slice::from_raw_parts(ptr[*b] as *const i64, len),
+                                s.as_slice(),
+                            ),
+                        }
+                    })
+                    .collect();
+                let len = self.plan.bufs[*out].len;
+                let mut o = match self.plan.bufs[*out].dtype {
+                    DType::F32 => {
+                        Out::F(std::slice::from_raw_parts_mut(ptr[*out] as *mut f32, len))
+                    }
+                    DType::I64 => {
+                        Out::I(std::slice::from_raw_parts_mut(ptr[*out] as *mut i64, len))
+                    }
+                };
+                host::run(op, &views, &mut o, shape).map_err(|e| format!("{} : {e}", op.name()))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Row and column strides of a matrix operand of logical shape `rows × cols`.
+fn mat_strides(t: Mat, rows: usize, cols: usize) -> (isize, isize) {
+    if t.trans {
+        (1, rows as isize)
+    } else {
+        (cols as isize, 1)
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+unsafe fn matmul(
+    ptr: &[*mut u8],
+    a: Mat,
+    b: Mat,
+    out: usize,
+    batch: usize,
+    m: usize,
+    k: usize,
+    n: usize,
+) {
+    let (ars, acs) = mat_strides(a, m, k);
+    let (brs, bcs) = mat_strides(b, k, n);
+    let (pa, pb, po) = (ptr[a.buf] as usize, ptr[b.buf] as usize, ptr[out] as usize);
+    let one = |i: usize, par: gemm::Parallelism| {
+        let (pa, pb, po) = (pa as *const f32, pb as *const f32, po as *mut f32);
+        // SAFETY: batch `i` addresses its own `m×k`, `k×n` and `m×n` blocks.
+        unsafe {
+            let dst = po.add(i * m * n);
+            if k == 0 {
+                std::slice::from_raw_parts_mut(dst, m * n).fill(0.0);
+                return;
+            }
+            gemm::gemm(
+                m,
+                n,
+                k,
+                dst,
+                1,
+                n as isize,
+                false,
+                pa.add(i * m * k),
+                acs,
+                ars,
+                pb.add(i * k * n),
+                bcs,
+                brs,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                par,
+            );
+        }
+    };
+    if m == 0 || n == 0 {
+        return;
+    }
+    let work = m * n * k;
+    if batch == 1 || work >= 1 << 20 {
+        let par = if work >= 1 << 18 {
+            gemm::Parallelism::Rayon(0)
+        } else {
+            gemm::Parallelism::None
+        };
+        (0..batch).for_each(|i| one(i, par));
+    } else {
+        (0..batch)
+            .into_par_iter()
+            .for_each(|i| one(i, gemm::Parallelism::None));
+    }
+}

@@ -1,0 +1,183 @@
+//! Host implementations of the ops the CPU backend does not fuse: views that move data,
+//! gathers, casts; anything rarer falls back to the reference semantics.
+
+use lorac_compiler::ir::tensor::{numel, strides};
+use lorac_compiler::ir::{ops, Data, Op, Tensor};
+
+/// A read-only operand: its data and shape.
+pub enum In<'a> {
+    /// f32 data.
+    F(&'a [f32], &'a [usize]),
+    /// i64 data.
+    I(&'a [i64], &'a [usize]),
+}
+
+/// The output buffer.
+pub enum Out<'a> {
+    /// f32 data.
+    F(&'a mut [f32]),
+    /// i64 data.
+    I(&'a mut [i64]),
+}
+
+/// Visits every output index in row-major order with the matching source offset, where the
+/// source offset advances by `st[axis]` along each output axis.
+fn walk(shape: &[usize], st: &[usize], mut f: impl FnMut(usize, usize)) {
+    let n = numel(shape);
+    if n == 0 {
+        return;
+    }
+    let r = shape.len();
+    let mut idx = vec![0usize; r];
+    let mut off = 0usize;
+    let inner = if r == 0 { 1 } else { shape[r - 1] };
+    let ist = if r == 0 { 0 } else { st[r - 1] };
+    let mut o = 0;
+    while o < n {
+        for j in 0..inner {
+            f(o + j, off + j * ist);
+        }
+        o += inner;
+        // Advance the odometer over the leading axes.
+        let mut a = r.saturating_sub(1);
+        while a > 0 {
+            a -= 1;
+            idx[a] += 1;
+            off += st[a];
+            if idx[a] < shape[a] {
+                break;
+            }
+            off -= st[a] * shape[a];
+            idx[a] = 0;
+        }
+    }
+}
+
+fn strided<T: Copy>(src: &[T], dst: &mut [T], shape: &[usize], st: &[usize]) {
+    walk(shape, st, |o, i| dst[o] = src[i]);
+}
+
+/// Source strides (per output axis) of a permute or broadcast.
+fn view_strides(op: &Op, ins: &[usize], out: &[usize]) -> Option<Vec<usize>> {
+    let s = strides(ins);
+    match op {
+        Op::Permute { perm } => Some(perm.iter().map(|&p| s[p]).collect()),
+        Op::Broadcast { .. } => {
+            let lead = out.len() - ins.len();
+            Some(
+                (0..out.len())
+                    .map(|a| {
+                        if a < lead || ins[a - lead] == 1 {
+                            0
+                        } else {
+                            s[a - lead]
+                        }
+                    })
+                    .collect(),
+            )
+        }
+        Op::Slice { .. } => Some(s),
+        _ => None,
+    }
+}
+
+fn copy_view(op: &Op, x: &In<'_>, out: &mut Out<'_>, shape: &[usize]) -> Option<()> {
+    let (ins, base) = match x {
+        In::F(_, s) | In::I(_, s) => (*s, 0usize),
+    };
+    let st = view_strides(op, ins, shape)?;
+    let base = match op {
+        Op::Slice { axis, start, .. } => base + start * st[*axis],
+        _ => base,
+    };
+    match (x, out) {
+        (In::F(v, _), Out::F(o)) => strided(&v[base..], o, shape, &st),
+        (In::I(v, _), Out::I(o)) => strided(&v[base..], o, shape, &st),
+        _ => return None,
+    }
+    Some(())
+}
+
+fn concat<T: Copy>(parts: &[(&[T], &[usize])], axis: usize, dst: &mut [T]) {
+    let outer: usize = parts[0].1[..axis].iter().product();
+    let mut o = 0;
+    for b in 0..outer {
+        for (v, s) in parts {
+            let blk: usize = s[axis..].iter().product();
+            dst[o..o + blk].copy_from_slice(&v[b * blk..(b + 1) * blk]);
+            o += blk;
+        }
+    }
+}
+
+fn to_tensor(x: &In<'_>) -> Tensor {
+    match x {
+        In::F(v, s) => Tensor::f32(s.to_vec(), v.to_vec()),
+        In::I(v, s) => Tensor::i64(s.to_vec(), v.to_vec()),
+    }
+}
+
+/// Runs one host op into `out`.
+pub fn run(op: &Op, ins: &[In<'_>], out: &mut Out<'_>, shape: &[usize]) -> Result<(), String> {
+    let view = matches!(
+        op,
+        Op::Permute { .. } | Op::Broadcast { .. } | Op::Slice { .. }
+    );
+    if view && copy_view(op, &ins[0], out, shape).is_some() {
+        return Ok(());
+    }
+    match op {
+        Op::Concat { axis } => match out {
+            Out::F(o) => {
+                let parts: Option<Vec<(&[f32], &[usize])>> = ins
+                    .iter()
+                    .map(|x| match x {
+                        In::F(v, s) => Some((*v, *s)),
+                        In::I(..) => None,
+                    })
+                    .collect();
+                if let Some(p) = parts {
+                    concat(&p, *axis, o);
+                    return Ok(());
+                }
+            }
+            Out::I(o) => {
+                let parts: Option<Vec<(&[i64], &[usize])>> = ins
+                    .iter()
+                    .map(|x| match x {
+                        In::I(v, s) => Some((*v, *s)),
+                        In::F(..) => None,
+                    })
+                    .collect();
+                if let Some(p) = parts {
+                    concat(&p, *axis, o);
+                    return Ok(());
+                }
+            }
+        },
+        Op::Gather => {
+            if let (In::F(t, ts), In::I(idx, _), Out::F(o)) = (&ins[0], &ins[1], &mut *out) {
+                let row: usize = ts[1..].iter().product();
+                for (i, &r) in idx.iter().enumerate() {
+                    if r < 0 || r as usize >= ts[0] {
+                        return Err(format!("gather index {r} outside 0..{}", ts[0]));
+                    }
+                    let r = r as usize;
+                    o[i * row..(i + 1) * row].copy_from_slice(&t[r * row..(r + 1) * row]);
+                }
+                return Ok(());
+            }
+        }
+        _ => {}
+    }
+    // Rare ops: the reference semantics on copies.
+    let ts: Vec<Tensor> = ins.iter().map(to_tensor).collect();
+    let refs: Vec<&Tensor> = ts.iter().collect();
+    let t = ops::eval(op, &refs)?;
+    match (&t.data, out) {
+        (Data::F32(v), Out::F(o)) if v.len() == o.len() => o.copy_from_slice(v),
+        (Data::I64(v), Out::I(o)) if v.len() == o.len() => o.copy_from_slice(v),
+        _ => return Err(format!("{}: result does not fit its buffer", op.name())),
+    }
+    Ok(())
+}
