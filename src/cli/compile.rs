@@ -1,7 +1,7 @@
-//! `loraC compile SPEC [--emit ir|dot] [--dump-ir after:PASS] [-o FILE]`.
+//! `loraC compile SPEC [--emit ir|dot|report] [--dump-ir after:PASS] [-o FILE]`.
 
 use super::check::{checked_spec, use_color};
-use super::Color;
+use super::{Color, Format};
 use lorac_compiler::build::{self, loss, Geometry};
 use lorac_compiler::diag::render::{render, Style};
 use lorac_compiler::diag::{codes, Diagnostic, SourceMap};
@@ -16,18 +16,24 @@ pub enum EmitKind {
     Ir,
     /// Graphviz dot.
     Dot,
+    /// Parameters, FLOPs per token and memory, per module and in total (no graph output).
+    Report,
 }
 
 /// Options of the compile command.
 pub struct Options<'a> {
     /// What to write.
     pub emit: EmitKind,
+    /// Format of a report.
+    pub format: Format,
     /// `after:PASS` or `after:all`.
     pub dump: Option<&'a str>,
     /// Output file (stdout when absent).
     pub out: Option<&'a Path>,
-    /// Batch geometry to build for.
-    pub geo: Geometry,
+    /// Sequences per batch, when given.
+    pub batch: Option<usize>,
+    /// Tokens per sequence, when given.
+    pub seq: Option<usize>,
     /// Build the forward graph only (no loss and gradients).
     pub forward_only: bool,
 }
@@ -70,7 +76,19 @@ pub fn run(spec: &Path, o: Options<'_>, color: Color) -> i32 {
             return 1;
         }
     };
-    let mut fwd = match build::forward(&spec, o.geo) {
+    if o.emit == EmitKind::Report {
+        let def = lorac_compiler::analysis::cost::default_geometry(&spec);
+        let geo = Geometry {
+            batch: o.batch.unwrap_or(def.batch),
+            seq: o.seq.unwrap_or(def.seq),
+        };
+        return super::report::run(&spec, geo, o.format, o.out, color);
+    }
+    let geo = Geometry {
+        batch: o.batch.unwrap_or(2),
+        seq: o.seq.unwrap_or(16),
+    };
+    let mut fwd = match build::forward(&spec, geo) {
         Ok(f) => f,
         Err(e) => return fail(e.0, color),
     };
@@ -106,7 +124,7 @@ pub fn run(spec: &Path, o: Options<'_>, color: Color) -> i32 {
     }
     let text = match o.emit {
         EmitKind::Ir => to_text(&g),
-        EmitKind::Dot => to_dot(&g),
+        EmitKind::Dot | EmitKind::Report => to_dot(&g),
     };
     match o.out {
         Some(p) => match std::fs::write(p, text) {

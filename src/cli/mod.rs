@@ -6,6 +6,7 @@ mod compile;
 mod explain;
 mod infer;
 mod inspect;
+mod report;
 mod train;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -108,25 +109,29 @@ enum Command {
         #[arg(long, value_enum, default_value = "auto")]
         color: Color,
     },
-    /// Build the spec's graph (forward, loss, gradients), optimize it, and print or write it.
+    /// Build the spec's graph (forward, loss, gradients), optimize it, and print or write it;
+    /// or (`--emit report`) report its parameters, FLOPs and memory.
     Compile {
         /// Spec file.
         spec: PathBuf,
         /// What to write.
         #[arg(long, value_enum, default_value = "ir")]
         emit: compile::EmitKind,
+        /// Format of `--emit report`.
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
         /// Print the graph after a pass: `after:build`, `after:simplify`, `after:cse`, `after:dce`, `after:all`.
         #[arg(long = "dump-ir")]
         dump_ir: Option<String>,
         /// Output file (default: stdout).
         #[arg(short = 'o', long = "out")]
         out: Option<PathBuf>,
-        /// Sequences per batch to build for.
-        #[arg(long, default_value_t = 2)]
-        batch: usize,
-        /// Tokens per sequence to build for.
-        #[arg(long, default_value_t = 16)]
-        seq: usize,
+        /// Sequences per batch to build for (default 2; a report: the train block's `batch`, else 1).
+        #[arg(long)]
+        batch: Option<usize>,
+        /// Tokens per sequence to build for (default 16; a report: the train block's `max_len`, else 512).
+        #[arg(long)]
+        seq: Option<usize>,
         /// Only the forward graph (no loss, no gradients).
         #[arg(long)]
         forward_only: bool,
@@ -305,6 +310,7 @@ pub fn run() -> i32 {
         Command::Compile {
             spec,
             emit,
+            format,
             dump_ir,
             out,
             batch,
@@ -312,15 +318,26 @@ pub fn run() -> i32 {
             forward_only,
             color,
         } => {
-            if batch == 0 || seq == 0 {
+            if batch == Some(0) || seq == Some(0) {
                 eprintln!("error: --batch and --seq must be at least 1");
+                return 2;
+            }
+            let report = emit == compile::EmitKind::Report;
+            if format == Format::Json && !report {
+                eprintln!("error: --format json applies to --emit report only");
+                return 2;
+            }
+            if report && (dump_ir.is_some() || forward_only) {
+                eprintln!("error: --dump-ir and --forward-only do not apply to --emit report");
                 return 2;
             }
             let o = compile::Options {
                 emit,
+                format,
                 dump: dump_ir.as_deref(),
                 out: out.as_deref(),
-                geo: lorac_compiler::build::Geometry { batch, seq },
+                batch,
+                seq,
                 forward_only,
             };
             compile::run(&spec, o, color)

@@ -30,6 +30,9 @@ pub struct Forward {
     pub graph: Graph,
     /// Trainable tensors, in creation order.
     pub params: Vec<ParamInfo>,
+    /// For every adapted linear, the node indices its lowering added (base path included);
+    /// the cost report attributes work to modules and experts by them.
+    pub modules: Vec<(String, std::ops::Range<usize>)>,
 }
 
 struct AdapterHook<'a> {
@@ -38,6 +41,7 @@ struct AdapterHook<'a> {
     by_module: HashMap<&'a str, &'a Attachment>,
     params: Vec<ParamInfo>,
     aux: Vec<NodeId>,
+    modules: Vec<(String, std::ops::Range<usize>)>,
 }
 
 impl LinearHook for AdapterHook<'_> {
@@ -53,7 +57,10 @@ impl LinearHook for AdapterHook<'_> {
             .get(&at.adapter)
             .ok_or_else(|| IrError(format!("adapter `{}` vanished", at.adapter)))?;
         let mut lw = Lowerer::new(def, at);
+        // Nodes are only added while building, so indices from here on are this module's.
+        let start = g.len();
         let out = lw.lower(g, x, w0)?;
+        self.modules.push((module.to_string(), start..g.len()));
         self.params.extend(lw.params);
         self.aux.extend(lw.aux);
         Ok(out)
@@ -76,6 +83,7 @@ pub fn forward(spec: &Spec, geo: Geometry) -> R<Forward> {
             .collect(),
         params: Vec::new(),
         aux: Vec::new(),
+        modules: Vec::new(),
     };
     let mut g = Graph::new();
     match model.family {
@@ -117,5 +125,9 @@ pub fn forward(spec: &Spec, geo: Geometry) -> R<Forward> {
         }
         g.set_output("aux", total);
     }
-    Ok(Forward { graph: g, params })
+    Ok(Forward {
+        graph: g,
+        params,
+        modules: hook.modules,
+    })
 }

@@ -6,7 +6,7 @@ use petgraph::Direction;
 use std::collections::{HashMap, HashSet};
 
 /// Ops through which no gradient flows (their outputs are piecewise constant or detached).
-fn blocks_gradient(op: &Op) -> bool {
+pub fn blocks_gradient(op: &Op) -> bool {
     matches!(
         op,
         Op::StopGrad
