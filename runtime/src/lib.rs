@@ -2,6 +2,7 @@
 
 pub mod alloc;
 pub mod data;
+pub mod export;
 pub mod infer;
 pub mod init;
 pub mod plot;
