@@ -17,6 +17,9 @@ use std::path::{Path, PathBuf};
 
 type Res<T> = Result<T, Box<Diagnostic>>;
 
+/// Tensors by name.
+type Tensors = HashMap<String, Tensor>;
+
 fn fail(code: Code, msg: impl Into<String>, help: &str) -> Box<Diagnostic> {
     Box::new(Diagnostic::error(code, msg).help(help))
 }
@@ -247,10 +250,7 @@ fn check_matches(spec: &Spec, man: &Manifest) -> Res<()> {
 }
 
 /// The adapter's tensors, checked against the shapes the spec gives them.
-fn load_tensors(
-    spec: &Spec,
-    man: &Manifest,
-) -> Res<(HashMap<String, Tensor>, HashMap<String, Vec<usize>>)> {
+fn load_tensors(spec: &Spec, man: &Manifest) -> Res<(Tensors, HashMap<String, Vec<usize>>)> {
     let file = man.dir.join("adapter.safetensors");
     let loaded = weights::load(&file, None).map_err(|e| {
         fail(
