@@ -3,6 +3,7 @@
 pub mod alloc;
 pub mod data;
 pub mod exec;
+pub mod export;
 pub mod infer;
 pub mod init;
 pub mod plot;

@@ -4,6 +4,7 @@
 mod check;
 mod compile;
 mod explain;
+mod export;
 mod infer;
 mod inspect;
 mod report;
@@ -182,6 +183,23 @@ enum Command {
         #[arg(long, value_enum, default_value = "auto")]
         color: Color,
     },
+    /// Export a trained adapter to PEFT (adapter_model.safetensors + adapter_config.json).
+    Export {
+        /// The run's --out directory, or its adapter/ folder.
+        dir: PathBuf,
+        /// Output directory for PEFT's files.
+        #[arg(long, required = true)]
+        peft: PathBuf,
+        /// The spec the adapter was trained with (default: the one adapter.json records).
+        #[arg(long)]
+        spec: Option<PathBuf>,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+        /// Colour.
+        #[arg(long, value_enum, default_value = "auto")]
+        color: Color,
+    },
     /// Explain an error code (`loraC explain E0301`); without a code, list them all.
     Explain {
         /// The code.
@@ -233,6 +251,13 @@ pub fn run() -> i32 {
             format,
             color,
         } => check::run(&files, format, color),
+        Command::Export {
+            dir,
+            peft,
+            spec,
+            format,
+            color,
+        } => export::run(&dir, &peft, spec.as_deref(), format, color),
         Command::Explain { code } => explain::run(code.as_deref()),
         Command::Train {
             spec,

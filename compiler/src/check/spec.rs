@@ -20,6 +20,9 @@ pub struct Spec {
     pub model: Option<ModelInfo>,
     /// Every adapter in scope, by name.
     pub adapters: HashMap<String, AdapterDef>,
+    /// Names of the adapters defined by the standard library (their semantics are known,
+    /// e.g. to `loraC export --peft`), sorted.
+    pub std_adapters: Vec<String>,
     /// The attach items, in order.
     pub attaches: Vec<Attach>,
     /// One entry per adapted module, after overrides.
@@ -206,9 +209,16 @@ fn check_items(
             diags,
         );
     }
+    let mut std_adapters: Vec<String> = adapters
+        .values()
+        .filter(|a| a.from_std)
+        .map(|a| a.def.name.name.clone())
+        .collect();
+    std_adapters.sort();
     Some(Spec {
         path: path.to_path_buf(),
         model,
+        std_adapters,
         adapters: defs.into_iter().map(|(k, v)| (k, v.clone())).collect(),
         attaches: attaches.into_iter().cloned().collect(),
         attachments,

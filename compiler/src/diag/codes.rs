@@ -94,6 +94,8 @@ codes! {
     BAD_DATA = "E0906", "invalid data file";
     NON_FINITE = "E0907", "training diverged (NaN or infinity)";
     CHECKPOINT = "E0908", "checkpoint missing or corrupt";
+    BAD_MANIFEST = "E0909", "adapter manifest missing or invalid";
+    NO_PEFT_FORMAT = "E0910", "adapter has no PEFT equivalent";
     UNUSED_LET = "W0001", "unused binding";
     UNUSED_PARAMETER = "W0002", "unused adapter parameter";
     UNUSED_ADAPTER = "W0003", "adapter defined but never attached";
