@@ -258,11 +258,14 @@ def worker(args):
     compile_s = time.perf_counter() - t0
     for _ in range(args.warmup):
         step(next(it))
-    times = []
+    times, cpu = [], []
+    load_before = os.getloadavg()
     for _ in range(args.steps):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         loss = step(next(it))
         times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    load_after = os.getloadavg()
     last_loss = float(loss)
 
     med = statistics.median(times)
@@ -273,7 +276,16 @@ def worker(args):
         "tokens_per_s": B * L / med,
         "peak_rss_mb": None,  # filled below, after everything has run
         "compile_s": compile_s,
+        "min_step_s": min(times),
+        # Median CPU seconds of this process per step. With --threads 1 this is close to
+        # the step time on an idle core, even when other work shares the machine.
+        "median_cpu_s": statistics.median(cpu),
         "step_times_s": times,
+        # CPU seconds per wall second over the timed steps: about `threads` when the
+        # process had its cores, lower when other work on the machine took them.
+        "cpu_per_wall": sum(cpu) / sum(times),
+        # 1-minute load average before and after the timed steps (includes this process).
+        "loadavg_1m": [load_before[0], load_after[0]],
         "setup_s": setup_s,
         "rss_after_imports_mb": rss_after_imports,
         "trainable_params": n_train,
@@ -412,15 +424,17 @@ def meta(threads):
 
 
 def print_table(results):
-    hdr = f"{'config':<10} {'mode':<8} {'median step s':>13} {'tokens/s':>9} {'peak RSS MB':>11} {'compile/first s':>15}"
+    hdr = (f"{'config':<10} {'mode':<8} {'median step s':>13} {'min step s':>10} {'tokens/s':>9} "
+           f"{'peak RSS MB':>11} {'compile/first s':>15} {'cpu/wall':>8}")
     print(hdr)
     print("-" * len(hdr))
     for r in results:
         if r.get("error"):
             print(f"{r['config']:<10} {r['mode']:<8} {r['error']}")
             continue
-        print(f"{r['config']:<10} {r['mode']:<8} {r['median_step_s']:>13.3f} {r['tokens_per_s']:>9.0f} "
-              f"{r['peak_rss_mb']:>11.0f} {r['compile_s']:>15.1f}")
+        print(f"{r['config']:<10} {r['mode']:<8} {r['median_step_s']:>13.3f} {r['min_step_s']:>10.3f} "
+              f"{r['tokens_per_s']:>9.0f} {r['peak_rss_mb']:>11.0f} {r['compile_s']:>15.1f} "
+              f"{r['cpu_per_wall']:>8.2f}")
 
 
 def main():
@@ -458,7 +472,8 @@ def main():
                 print(f"[bench]   failed: {r['error']}", file=sys.stderr, flush=True)
             else:
                 print(f"[bench]   median {r['median_step_s']:.3f} s/step, "
-                      f"first step {r['compile_s']:.1f} s, peak RSS {r['peak_rss_mb']:.0f} MB",
+                      f"first step {r['compile_s']:.1f} s, peak RSS {r['peak_rss_mb']:.0f} MB, "
+                      f"cpu/wall {r['cpu_per_wall']:.2f}, load {r['loadavg_1m'][0]:.1f}",
                       file=sys.stderr, flush=True)
     if args.format == "json":
         print(json.dumps({"meta": meta(args.threads), "results": results}, indent=2))
