@@ -175,7 +175,7 @@ pub fn infer_on(
     inputs.insert("attention_mask".into(), Tensor::f32(vec![b, l], batch.mask));
     let mut g = fwd.graph;
     g.outputs.retain(|(_, id)| *id == out);
-    lorac_compiler::passes::run_pipeline(&mut g, |_, _| {})
+    lorac_compiler::passes::optimize(&mut g, |_, _| {})
         .map_err(|e| fail(codes::BUILD_FAILED, e.0, "report the spec"))?;
     let name = g.outputs[0].0.clone();
     let mut vals = Program::new(&g, backend)

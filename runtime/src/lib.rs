@@ -1,6 +1,7 @@
 //! lorac-runtime: executes what the compiler lowered (weights, data, execution).
 
 pub mod alloc;
+pub mod bench;
 pub mod data;
 pub mod exec;
 pub mod export;
@@ -8,6 +9,7 @@ pub mod infer;
 pub mod init;
 pub mod plot;
 pub mod schedule;
+pub mod session;
 pub mod tokenize;
 pub mod train;
 pub mod weights;

@@ -1,31 +1,21 @@
-//! `loraC train` / `loraC eval`: the training session on the reference interpreter. One
-//! compiled gradient program (forward, loss, backward), one compiled update program
-//! (optimizers as IR), an evaluation program, and the loop around them: data order, schedules,
-//! clipping, accumulation, guards, metrics, checkpoints and the adapter.
+//! `loraC train` / `loraC eval`: the loop around a [`Session`]: data order, accumulation,
+//! metrics, evaluation, checkpoints and the adapter.
 
-use crate::data::{self, Example, Label};
-use crate::exec::{Backend, Program};
-use crate::{init, schedule, tokenize, weights};
-use lorac_compiler::build::{self, loss, optim, Geometry};
-use lorac_compiler::check::train::{Duration, Task, TrainConfig};
+use crate::exec::Backend;
+use crate::session::{fail, Res};
+pub use crate::session::{Metrics, Session};
+use crate::{data, weights};
+use lorac_compiler::build;
+use lorac_compiler::check::train::{Duration, TrainConfig};
 use lorac_compiler::check::Spec;
-use lorac_compiler::diag::{codes, Code, Diagnostic};
-use lorac_compiler::ir::{Graph, InputKind, Tensor};
+use lorac_compiler::diag::codes;
+use lorac_compiler::ir::Tensor;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-
-type Res<T> = Result<T, Box<Diagnostic>>;
-
-/// A tokenized example: ids, token types, label.
-type Row = (Vec<i64>, Vec<i64>, Label);
-
-fn fail(code: Code, msg: impl Into<String>, help: &str) -> Box<Diagnostic> {
-    Box::new(Diagnostic::error(code, msg).help(help))
-}
 
 /// Options of a training run.
 #[derive(Clone, Debug, Default)]
@@ -46,282 +36,12 @@ pub struct TrainOptions {
     pub backend: Backend,
 }
 
-/// Evaluation metrics.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Metrics {
-    /// Mean loss.
-    pub loss: f64,
-    /// Accuracy (classification).
-    pub accuracy: Option<f64>,
-    /// F1 of class 1 for two classes, macro F1 otherwise.
-    pub f1: Option<f64>,
-    /// Examples evaluated.
-    pub examples: usize,
-}
-
-/// Everything a run needs, built once.
-pub struct Session<'a> {
-    cfg: &'a TrainConfig,
-    geo: Geometry,
-    grad: Program,
-    eval: Program,
-    update: Program,
-    params: Vec<build::lower::ParamInfo>,
-    /// Names of per-expert tensors (what `experts` selects).
-    experts: Vec<String>,
-    frozen: HashMap<String, Tensor>,
-    /// Trainable tensors and optimizer state, by input name.
-    pub state: HashMap<String, Tensor>,
-    tok: tokenizers::Tokenizer,
-    pad_id: i64,
-}
-
-fn batch_inputs(s: &Session<'_>, rows: &[&Row]) -> HashMap<String, Tensor> {
-    let (b, l) = (s.geo.batch, s.geo.seq);
-    let mut ids = vec![s.pad_id; b * l];
-    let mut types = vec![0i64; b * l];
-    let mut mask = vec![0f32; b * l];
-    let mut labels = vec![-100i64; b];
-    let mut values = vec![0f32; b];
-    for (r, (i, t, lab)) in rows.iter().enumerate().take(b) {
-        let n = i.len().min(l);
-        ids[r * l..r * l + n].copy_from_slice(&i[..n]);
-        types[r * l..r * l + n].copy_from_slice(&t[..n]);
-        mask[r * l..r * l + n].iter_mut().for_each(|m| *m = 1.0);
-        match lab {
-            Label::Class(c) => labels[r] = *c as i64,
-            Label::Value(v) => values[r] = *v,
-            Label::Completion(_) => {}
-        }
-    }
-    // Rows beyond the data (a short last batch) keep one real token so attention is defined;
-    // their label is ignored.
-    for r in rows.len()..b {
-        mask[r * l] = 1.0;
-    }
-    let mut m = HashMap::new();
-    m.insert("input_ids".into(), Tensor::i64(vec![b, l], ids));
-    m.insert("token_type_ids".into(), Tensor::i64(vec![b, l], types));
-    m.insert("attention_mask".into(), Tensor::f32(vec![b, l], mask));
-    match s.cfg.task {
-        Task::Regression => m.insert("labels".into(), Tensor::f32(vec![b, 1], values)),
-        _ => m.insert("labels".into(), Tensor::i64(vec![b], labels)),
-    };
-    m
-}
-
-impl<'a> Session<'a> {
-    /// Compiles the programs for the default backend and loads weights, tokenizer and
-    /// initial values.
-    pub fn new(spec: &'a Spec) -> Res<Session<'a>> {
-        Session::with_backend(spec, Backend::default())
-    }
-
-    /// [`Session::new`] on a chosen backend.
-    pub fn with_backend(spec: &'a Spec, backend: Backend) -> Res<Session<'a>> {
-        let cfg = spec.train.as_ref().ok_or_else(|| {
-            fail(
-                codes::MISSING_SETTING,
-                "the spec has no train block",
-                "add `train { … }`",
-            )
-        })?;
-        let model = spec.model.as_ref().ok_or_else(|| {
-            fail(
-                codes::NO_MODEL,
-                "the spec declares no model",
-                "add `model …`",
-            )
-        })?;
-        if matches!(cfg.task, Task::CausalLm { .. }) {
-            return Err(fail(
-                codes::BUILD_FAILED,
-                "causal-LM training is not built yet",
-                "train a classification or regression task",
-            ));
-        }
-        let geo = Geometry {
-            batch: cfg.batch as usize,
-            seq: (cfg.max_len as usize).min(model.config.max_positions),
-        };
-        let bad = |e: lorac_compiler::ir::IrError| {
-            fail(
-                codes::BUILD_FAILED,
-                e.0,
-                "run `loraC check`; report the spec if it checks clean",
-            )
-        };
-        let mut fwd = build::forward(spec, geo).map_err(bad)?;
-        let params = fwd.params.clone();
-        let mut eval = fwd.graph.clone();
-        eval.outputs.retain(|(n, _)| n == "logits");
-        loss::add_loss(&mut eval, &cfg.task).map_err(bad)?;
-        lorac_compiler::passes::run_pipeline(&mut eval, |_, _| {}).map_err(bad)?;
-        loss::gradient_graph(&mut fwd, &cfg.task).map_err(bad)?;
-        let mut grad = fwd.graph;
-        grad.outputs
-            .retain(|(n, _)| n == "loss" || n.starts_with("grad."));
-        lorac_compiler::passes::run_pipeline(&mut grad, |_, _| {}).map_err(bad)?;
-        let experts: Vec<String> = params
-            .iter()
-            .filter(|p| p.experts.is_some())
-            .map(|p| p.local.clone())
-            .collect();
-        let owner = optim::assign(&params, cfg, &experts).map_err(bad)?;
-        let update = optim::update_graph(&params, &owner, cfg).map_err(bad)?;
-        let wpath = model.weights.as_ref().ok_or_else(|| {
-            fail(
-                codes::WEIGHTS,
-                "the model has no model.safetensors",
-                "point `model` at a directory with weights",
-            )
-        })?;
-        let names: Vec<String> = grad
-            .inputs_of_kind(InputKind::Frozen)
-            .into_iter()
-            .chain(eval.inputs_of_kind(InputKind::Frozen))
-            .map(|(n, _)| n)
-            .collect();
-        let mut frozen = weights::load(wpath, Some(&names))
-            .map_err(|e| fail(codes::WEIGHTS, e, "re-download the weights"))?;
-        let shapes: HashMap<String, Vec<usize>> = params
-            .iter()
-            .map(|p| (p.name.clone(), p.shape.clone()))
-            .collect();
-        let mut state = init::initialize(spec, &shapes, &mut frozen, cfg.seed)
-            .map_err(|e| fail(codes::BUILD_FAILED, e, "report the spec"))?;
-        for (i, p) in params.iter().enumerate() {
-            for s in optim::state_names(&cfg.optimizers[owner[i]].kind, &p.name) {
-                state.insert(
-                    s,
-                    Tensor::f32(p.shape.clone(), vec![0.0; p.shape.iter().product()]),
-                );
-            }
-        }
-        let tpath = model.tokenizer.as_ref().ok_or_else(|| {
-            fail(
-                codes::TOKENIZER,
-                "the model directory has no tokenizer.json",
-                "add the model's tokenizer.json",
-            )
-        })?;
-        let tok = tokenize::load(tpath, geo.seq)
-            .map_err(|e| fail(codes::TOKENIZER, e, "use the model's tokenizer.json"))?;
-        let pad_id = tok.get_padding().map(|p| p.pad_id as i64).unwrap_or(0);
-        let compile = |g: &Graph| {
-            Program::new(g, backend).map_err(|e| {
-                fail(
-                    codes::BUILD_FAILED,
-                    format!("{} backend: {e}", backend.name()),
-                    "retry with `--backend reference`; report the spec",
-                )
-            })
-        };
-        let (grad, eval, update) = (compile(&grad)?, compile(&eval)?, compile(&update)?);
-        Ok(Session {
-            cfg,
-            geo,
-            grad,
-            eval,
-            update,
-            params,
-            experts,
-            frozen,
-            state,
-            tok,
-            pad_id,
-        })
-    }
-
-    fn encode(&self, ex: &[Example]) -> Res<Vec<Row>> {
-        let texts: Vec<String> = ex.iter().map(|e| e.text.clone()).collect();
-        let enc = tokenize::encode_each(&self.tok, &texts)
-            .map_err(|e| fail(codes::TOKENIZER, e, "check the data"))?;
-        Ok(enc
-            .into_iter()
-            .zip(ex)
-            .map(|((i, t), e)| (i, t, e.label.clone()))
-            .collect())
-    }
-
-    /// Runs a program with the batch, the trainable state and the frozen weights as inputs.
-    fn exec(&self, p: &Program, batch: &HashMap<String, Tensor>) -> Res<HashMap<String, Tensor>> {
-        p.run(&[batch, &self.state, &self.frozen])
-            .map_err(|e| fail(codes::BUILD_FAILED, e, "report the spec"))
-    }
-
-    /// Evaluates on examples: mean loss, accuracy, F1.
-    pub fn evaluate(&self, examples: &[Example]) -> Res<Metrics> {
-        let rows = self.encode(examples)?;
-        let (b, classes) = (
-            self.geo.batch,
-            match self.cfg.task {
-                Task::Classification { labels, .. } => labels,
-                _ => 1,
-            },
-        );
-        let (mut total, mut correct) = (0.0, 0usize);
-        let mut conf = vec![vec![0usize; classes]; classes];
-        for chunk in rows.chunks(b) {
-            let refs: Vec<&Row> = chunk.iter().collect();
-            let vals = self.exec(&self.eval, &batch_inputs(self, &refs))?;
-            total += vals["loss"].f()[0] as f64 * chunk.len() as f64;
-            let lg = vals["logits"].f();
-            for (r, row) in chunk.iter().enumerate() {
-                if let Label::Class(c) = row.2 {
-                    let p = &lg[r * classes..(r + 1) * classes];
-                    let pred =
-                        (0..classes).fold(0, |best, k| if p[k] > p[best] { k } else { best });
-                    correct += usize::from(pred == c);
-                    conf[c][pred] += 1;
-                }
-            }
-        }
-        let n = rows.len();
-        let classification = matches!(self.cfg.task, Task::Classification { .. });
-        let f1_of = |k: usize| {
-            let tp = conf[k][k] as f64;
-            let fp: f64 = (0..classes)
-                .filter(|&j| j != k)
-                .map(|j| conf[j][k] as f64)
-                .sum();
-            let fneg: f64 = (0..classes)
-                .filter(|&j| j != k)
-                .map(|j| conf[k][j] as f64)
-                .sum();
-            if tp == 0.0 {
-                0.0
-            } else {
-                2.0 * tp / (2.0 * tp + fp + fneg)
-            }
-        };
-        let f1 = classification.then(|| {
-            if classes == 2 {
-                f1_of(1)
-            } else {
-                (0..classes).map(f1_of).sum::<f64>() / classes as f64
-            }
-        });
-        Ok(Metrics {
-            loss: total / n as f64,
-            accuracy: classification.then(|| correct as f64 / n as f64),
-            f1,
-            examples: n,
-        })
-    }
-}
-
 /// Total optimizer steps of a run.
 fn total_steps(cfg: &TrainConfig, n: usize, over: Option<u64>) -> u64 {
     over.unwrap_or(match cfg.duration {
         Duration::Steps(s) => s,
         Duration::Epochs(e) => (n as u64 * e).div_ceil(cfg.batch * cfg.accumulate).max(1),
     })
-}
-
-/// Clipping applies to every tensor (no selectors) or to the ones its selectors pick.
-fn selected(p: &build::lower::ParamInfo, selectors: &[String], experts: &[String]) -> bool {
-    selectors.is_empty() || selectors.iter().any(|s| optim::selects(p, s, experts))
 }
 
 fn metrics_line(f: &mut std::fs::File, v: serde_json::Value) -> Res<()> {
@@ -409,13 +129,6 @@ pub fn train(spec: &Spec, opt: &TrainOptions) -> Res<Option<Metrics>> {
     );
     bar.set_position(start);
     let per_step = (cfg.batch * cfg.accumulate) as usize;
-    let grad_names: Vec<(usize, String)> = s
-        .params
-        .iter()
-        .enumerate()
-        .map(|(i, p)| (i, format!("grad.{}", p.name)))
-        .filter(|(_, n)| s.grad.has_output(n))
-        .collect();
     let mut order: Vec<usize> = Vec::new();
     let mut order_epoch = u64::MAX;
     let mut history: Vec<(u64, f64)> = Vec::new();
@@ -448,24 +161,11 @@ pub fn train(spec: &Spec, opt: &TrainOptions) -> Res<Option<Metrics>> {
                 .iter()
                 .map(|r| r.0.len().min(s.geo.seq))
                 .sum::<usize>();
-            let vals = s.exec(&s.grad, &batch_inputs(&s, &batch))?;
-            let l = vals["loss"].f()[0] as f64;
-            if !l.is_finite() {
-                return Err(fail(codes::NON_FINITE, format!("step {}: the loss is {l}", step + 1), "lower the learning rate, add `clip 1.0` or warmup; the last good checkpoint is kept"));
-            }
+            let (l, gs) = s.gradients(&s.inputs(&batch), step)?;
             loss_sum += l;
-            for (i, gname) in &grad_names {
-                let i = *i;
-                let g = &vals[gname];
-                if let Some(bad) = g.f().iter().find(|v| !v.is_finite()) {
-                    return Err(fail(
-                        codes::NON_FINITE,
-                        format!("step {}: the gradient of `{}` holds {bad}", step + 1, s.params[i].name),
-                        "lower the learning rate, add `clip 1.0` or warmup; the last good checkpoint is kept",
-                    ));
-                }
+            for (i, g) in gs {
                 grads[i] = Some(match grads[i].take() {
-                    None => g.clone(),
+                    None => g,
                     Some(acc) => Tensor::f32(
                         acc.shape.clone(),
                         acc.f().iter().zip(g.f()).map(|(a, b)| a + b).collect(),
@@ -473,78 +173,7 @@ pub fn train(spec: &Spec, opt: &TrainOptions) -> Res<Option<Metrics>> {
                 });
             }
         }
-        let inv = 1.0 / cfg.accumulate as f32;
-        let mut grads: Vec<Tensor> = grads
-            .into_iter()
-            .zip(&s.params)
-            .map(|(g, p)| match g {
-                Some(g) => Tensor::f32(g.shape.clone(), g.f().iter().map(|v| v * inv).collect()),
-                None => Tensor::f32(p.shape.clone(), vec![0.0; p.shape.iter().product()]),
-            })
-            .collect();
-        // Gradient-norm clipping on the selected tensors (global norm over the selection).
-        for (max_norm, sel) in &cfg.clip {
-            let pick: Vec<usize> = (0..s.params.len())
-                .filter(|&i| selected(&s.params[i], sel, &s.experts))
-                .collect();
-            let norm = pick
-                .iter()
-                .map(|&i| {
-                    grads[i]
-                        .f()
-                        .iter()
-                        .map(|&v| (v as f64) * (v as f64))
-                        .sum::<f64>()
-                })
-                .sum::<f64>()
-                .sqrt();
-            if norm > *max_norm {
-                let c = (*max_norm / (norm + 1e-6)) as f32;
-                for &i in &pick {
-                    grads[i] = Tensor::f32(
-                        grads[i].shape.clone(),
-                        grads[i].f().iter().map(|v| v * c).collect(),
-                    );
-                }
-            }
-        }
-        let mut up = HashMap::new();
-        for (p, g) in s.params.iter().zip(grads) {
-            up.insert(format!("grad.{}", p.name), g);
-        }
-        let mut lr0 = 0.0;
-        for (i, o) in cfg.optimizers.iter().enumerate() {
-            let sched = cfg
-                .schedules
-                .iter()
-                .find(|sc| {
-                    !sc.selectors.is_empty() && sc.selectors.iter().any(|x| o.selectors.contains(x))
-                })
-                .or_else(|| cfg.schedules.iter().find(|sc| sc.selectors.is_empty()));
-            let lr = o.lr * schedule::factor(sched, step, total);
-            if i == 0 {
-                lr0 = lr;
-            }
-            let t = (step + 1) as i32;
-            let (bc1, bc2) = match o.kind {
-                lorac_compiler::check::train::OptimizerKind::AdamW {
-                    betas,
-                    bias_correction: true,
-                    ..
-                } => (1.0 / (1.0 - betas.0.powi(t)), 1.0 / (1.0 - betas.1.powi(t))),
-                _ => (1.0, 1.0),
-            };
-            let [a, b, c] = optim::scalar_inputs(i);
-            up.insert(a, Tensor::scalar(lr as f32));
-            up.insert(b, Tensor::scalar(bc1 as f32));
-            up.insert(c, Tensor::scalar(bc2 as f32));
-        }
-        let out = s.exec(&s.update, &up)?;
-        for (name, t) in out {
-            if let Some(n) = name.strip_prefix("new.") {
-                s.state.insert(n.to_string(), t);
-            }
-        }
+        let lr0 = s.apply(grads, cfg.accumulate, step, total)?;
         let loss = loss_sum / cfg.accumulate as f64;
         history.push((step + 1, loss));
         let done = step + 1;

@@ -307,3 +307,34 @@ fn shared_values_and_chains() {
         c.check(&format!("chains[{n}]"), EW);
     }
 }
+
+/// The default CPU mode is bit-identical to the reference on the transcendental ops training
+/// uses most (softmax's exp, GELU's erf, sigmoid), over 10⁵ points spanning their range.
+#[test]
+fn default_math_is_bit_identical_on_exp_erf_sigmoid() {
+    for u in [UnaryOp::Exp, UnaryOp::Erf, UnaryOp::Sigmoid] {
+        let n = 100_003;
+        let mut c = Case::new(9);
+        let x = c.input("x", &[n], -20.0, 20.0);
+        let y = c.g.un(u, x).unwrap();
+        c.g.set_output("y", y);
+        let want = Program::new(&c.g, Backend::Reference)
+            .unwrap()
+            .run(&[&c.inputs])
+            .unwrap();
+        let got = Program::new(&c.g, Backend::Cpu)
+            .unwrap()
+            .run(&[&c.inputs])
+            .unwrap();
+        let differ = want["y"]
+            .f()
+            .iter()
+            .zip(got["y"].f())
+            .filter(|(a, b)| a.to_bits() != b.to_bits())
+            .count();
+        assert_eq!(
+            differ, 0,
+            "{u:?}: {differ} of {n} values differ from the reference"
+        );
+    }
+}

@@ -57,10 +57,10 @@ pub fn run(spec: &Path, o: Options<'_>, color: Color) -> i32 {
     };
     if let Some(d) = o.dump {
         let pass = d.strip_prefix("after:").unwrap_or(d);
-        if pass != "all" && pass != "build" && !passes::PIPELINE.contains(&pass) {
+        if pass != "all" && pass != "build" && !passes::STAGES.contains(&pass) {
             eprintln!(
                 "error: unknown pass `{pass}` for --dump-ir; passes: build, {}, all",
-                passes::PIPELINE.join(", ")
+                passes::STAGES.join(", ")
             );
             return 2;
         }
@@ -109,7 +109,7 @@ pub fn run(spec: &Path, o: Options<'_>, color: Color) -> i32 {
         super::out(&(format!("// after build: {} nodes\n{}", g.len(), to_text(&g)) + "\n"));
     }
     let mut dumps = Vec::new();
-    if let Err(e) = passes::run_pipeline(&mut g, |p, g| {
+    if let Err(e) = passes::optimize(&mut g, |p, g| {
         if wanted(p) {
             dumps.push(format!("// after {p}: {} nodes\n{}", g.len(), to_text(g)));
         }

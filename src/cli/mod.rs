@@ -1,6 +1,7 @@
 //! Subcommands of the `loraC` CLI. Exit codes: 0 ok (warnings allowed), 1 errors in the
 //! input, 2 usage or I/O problems.
 
+mod bench;
 mod check;
 mod compile;
 mod explain;
@@ -121,7 +122,7 @@ enum Command {
         /// Format of `--emit report`.
         #[arg(long, value_enum, default_value = "text")]
         format: Format,
-        /// Print the graph after a pass: `after:build`, `after:simplify`, `after:cse`, `after:dce`, `after:all`.
+        /// Print the graph after a pass: `after:build`, `after:simplify`, `after:reassoc`, `after:cse`, `after:dce`, `after:all`.
         #[arg(long = "dump-ir")]
         dump_ir: Option<String>,
         /// Output file (default: stdout).
@@ -200,6 +201,33 @@ enum Command {
         #[arg(long, value_enum, default_value = "auto")]
         color: Color,
     },
+    /// Time whole training steps on full-length random sequences: median step, tokens/s,
+    /// GFLOP/s (cost-report FLOPs), peak RSS, compile time.
+    Bench {
+        /// Spec file (needs a train block).
+        spec: PathBuf,
+        /// Timed steps.
+        #[arg(long, default_value_t = 10)]
+        steps: usize,
+        /// Untimed warm-up steps.
+        #[arg(long, default_value_t = 2)]
+        warmup: usize,
+        /// Sequences per step.
+        #[arg(long, default_value_t = 16)]
+        batch: usize,
+        /// Tokens per sequence.
+        #[arg(long, default_value_t = 128)]
+        seq: usize,
+        /// Execution backend.
+        #[arg(long, value_enum, default_value = "cpu")]
+        backend: BackendArg,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+        /// Colour.
+        #[arg(long, value_enum, default_value = "auto")]
+        color: Color,
+    },
     /// Explain an error code (`loraC explain E0301`); without a code, list them all.
     Explain {
         /// The code.
@@ -258,6 +286,27 @@ pub fn run() -> i32 {
             format,
             color,
         } => export::run(&dir, &peft, spec.as_deref(), format, color),
+        Command::Bench {
+            spec,
+            steps,
+            warmup,
+            batch,
+            seq,
+            backend,
+            format,
+            color,
+        } => bench::run(
+            &spec,
+            lorac_runtime::bench::BenchOptions {
+                steps,
+                warmup,
+                batch,
+                seq,
+                backend: backend.into(),
+            },
+            format,
+            color,
+        ),
         Command::Explain { code } => explain::run(code.as_deref()),
         Command::Train {
             spec,

@@ -87,6 +87,9 @@ pub fn add_loss(g: &mut Graph, task: &Task) -> R<NodeId> {
 /// Forward + loss + gradients of every trainable tensor (`grad.<name>` outputs).
 pub fn gradient_graph(fwd: &mut Forward, task: &Task) -> R<()> {
     let loss = add_loss(&mut fwd.graph, task)?;
+    // Reorder product chains before differentiating, so the backward pass inherits the
+    // cheap order too (`B A` is never formed, nor its gradient).
+    crate::passes::reassoc::run(&mut fwd.graph)?;
     let params: Vec<(String, NodeId)> = fwd.graph.inputs_of_kind(InputKind::Param);
     let ids: Vec<NodeId> = params.iter().map(|(_, i)| *i).collect();
     let grads = autodiff::grad(&mut fwd.graph, loss, &ids)?;

@@ -3,24 +3,30 @@
 pub mod autodiff;
 pub mod cse;
 pub mod dce;
+pub mod reassoc;
 pub mod simplify;
 
 use crate::ir::verify::verify;
 use crate::ir::{Graph, IrError, R};
 
-/// The default optimisation pipeline, in order.
+/// The passes that preserve every result bit for bit, in order.
 pub const PIPELINE: &[&str] = &["simplify", "cse", "dce"];
+
+/// Every stage [`optimize`] runs: reassociation (exact in real arithmetic, but it reorders
+/// rounding) and then the bit-exact pipeline.
+pub const STAGES: &[&str] = &["reassoc", "simplify", "cse", "dce"];
 
 /// Runs one named pass; returns how many nodes it changed.
 pub fn run_pass(name: &str, g: &mut Graph) -> R<usize> {
     let n = match name {
         "simplify" => simplify::run(g)?,
+        "reassoc" => reassoc::run(g)?,
         "cse" => cse::run(g)?,
         "dce" => dce::run(g)?,
         other => {
             return Err(IrError(format!(
                 "unknown pass `{other}` (passes: {})",
-                PIPELINE.join(", ")
+                STAGES.join(", ")
             )))
         }
     };
@@ -33,6 +39,15 @@ pub fn run_pass(name: &str, g: &mut Graph) -> R<usize> {
 /// Runs the pipeline, calling `after(pass, graph)` after each pass (for `--dump-ir`).
 pub fn run_pipeline(g: &mut Graph, mut after: impl FnMut(&str, &Graph)) -> R<()> {
     for p in PIPELINE {
+        run_pass(p, g)?;
+        after(p, g);
+    }
+    Ok(())
+}
+
+/// Runs every stage of [`STAGES`], calling `after(pass, graph)` after each (for `--dump-ir`).
+pub fn optimize(g: &mut Graph, mut after: impl FnMut(&str, &Graph)) -> R<()> {
+    for p in STAGES {
         run_pass(p, g)?;
         after(p, g);
     }

@@ -21,6 +21,8 @@ pub struct CpuProgram {
     pub mem: MemPlan,
     kernels: CpuKernels,
     arena: Mutex<Vec<u64>>,
+    /// Seconds and calls per step kind, when `LORAC_PROFILE` is set (a developer switch).
+    profile: Option<Mutex<HashMap<String, (f64, usize)>>>,
 }
 
 /// Raw base pointers shared with worker threads.
@@ -43,6 +45,7 @@ impl CpuProgram {
         memplan::verify(&plan, &mem)?;
         let kernels = compile(&plan.kernels, opt)?;
         Ok(CpuProgram {
+            profile: std::env::var_os("LORAC_PROFILE").map(|_| Mutex::new(HashMap::new())),
             arena: Mutex::new(vec![0u64; mem.peak / 8]),
             plan,
             mem,
@@ -94,9 +97,37 @@ impl CpuProgram {
             });
         }
         for step in &self.plan.steps {
+            let t = self.profile.as_ref().map(|_| std::time::Instant::now());
             // SAFETY: every pointer addresses a buffer of the planned length, and the memory
             // plan (verified at build time) keeps live temporaries disjoint.
             unsafe { self.step(step, &ptr)? };
+            if let (Some(p), Some(t)) = (&self.profile, t) {
+                let key = match step {
+                    Step::Kernel { kernel, .. } => {
+                        let k = &self.plan.kernels[*kernel];
+                        format!("kernel {:?} {}x{}", k.form, k.rows, k.inner)
+                    }
+                    Step::MatMul {
+                        a,
+                        b,
+                        batch,
+                        m,
+                        k,
+                        n,
+                        ..
+                    } => format!(
+                        "matmul {batch}x[{m}x{k}]{}@[{k}x{n}]{}",
+                        if a.trans { "T" } else { "" },
+                        if b.trans { "T" } else { "" }
+                    ),
+                    Step::Host { op, shape, .. } => format!("host {} {shape:?}", op.name()),
+                };
+                if let Ok(mut m) = p.lock() {
+                    let e = m.entry(key).or_insert((0.0, 0));
+                    e.0 += t.elapsed().as_secs_f64();
+                    e.1 += 1;
+                }
+            }
         }
         let mut out = HashMap::new();
         for (name, b, shape, dtype) in &self.plan.outputs {
@@ -276,5 +307,19 @@ unsafe fn matmul(
         (0..batch)
             .into_par_iter()
             .for_each(|i| one(i, gemm::Parallelism::None));
+    }
+}
+
+impl Drop for CpuProgram {
+    fn drop(&mut self) {
+        if let Some(Ok(m)) = self.profile.as_ref().map(|p| p.lock()) {
+            let mut v: Vec<_> = m.iter().collect();
+            v.sort_by(|a, b| b.1 .0.total_cmp(&a.1 .0));
+            let total: f64 = v.iter().map(|e| e.1 .0).sum();
+            eprintln!("profile: {total:.3} s in {} step kinds", v.len());
+            for (k, (s, n)) in v.iter().take(25) {
+                eprintln!("{s:9.4} s {n:6} × {k}");
+            }
+        }
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod codegen;
 pub mod math;
+pub mod wide;
 
 use crate::lower::kernel::Kernel;
 use cranelift_codegen::ir::{types, AbiParam, UserFuncName};
