@@ -338,3 +338,22 @@ fn default_math_is_bit_identical_on_exp_erf_sigmoid() {
         );
     }
 }
+
+/// The executor allocates exactly the planned peak, once.
+#[test]
+fn the_arena_is_the_planned_peak() {
+    let mut c = Case::new(11);
+    let x = c.input("x", &[33, 50], -1.0, 1.0);
+    let w = c.input("w", &[50], 0.5, 1.5);
+    let b = c.input("b", &[50], -0.5, 0.5);
+    let y = c.g.layer_norm(x, w, b, 1e-5).unwrap();
+    let z = c.g.softmax(y).unwrap();
+    c.g.set_output("z", z);
+    let p = Program::new(&c.g, Backend::Cpu).unwrap();
+    let Program::Cpu(cpu) = &p else {
+        panic!("expected a CPU program")
+    };
+    assert!(cpu.mem.peak > 0);
+    assert_eq!(cpu.arena_len_bytes(), cpu.mem.peak);
+    c.check("arena", RED);
+}

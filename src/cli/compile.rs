@@ -18,6 +18,8 @@ pub enum EmitKind {
     Dot,
     /// Parameters, FLOPs per token and memory, per module and in total (no graph output).
     Report,
+    /// The lowered plan: fused kernels with their bodies, matrix products, host steps, arena.
+    Plan,
 }
 
 /// Options of the compile command.
@@ -124,6 +126,13 @@ pub fn run(spec: &Path, o: Options<'_>, color: Color) -> i32 {
     }
     let text = match o.emit {
         EmitKind::Ir => to_text(&g),
+        EmitKind::Plan => match lorac_compiler::lower::plan::lower(&g) {
+            Ok(p) => {
+                let mem = lorac_compiler::lower::memplan::plan(&p);
+                lorac_compiler::lower::print::plan(&p, Some(&mem))
+            }
+            Err(e) => return fail(e.0, color),
+        },
         EmitKind::Dot | EmitKind::Report => to_dot(&g),
     };
     match o.out {

@@ -267,7 +267,11 @@ fn measure(
     spec: &Spec,
     geo: Geometry,
 ) -> Result<(GraphWork, Vec<build::lower::ParamInfo>), Box<Diagnostic>> {
-    let mut fwd = build::forward(spec, geo).map_err(|e| build_failed(e.0))?;
+    // Experts unrolled: the report counts each expert's work (k/E of it under top-k routing).
+    let opts = build::BuildOptions {
+        batch_experts: false,
+    };
+    let mut fwd = build::forward_with(spec, geo, opts).map_err(|e| build_failed(e.0))?;
     let loss: NodeId = match &spec.train {
         Some(t) => loss::add_loss(&mut fwd.graph, &t.task).map_err(|e| build_failed(e.0))?,
         None => {

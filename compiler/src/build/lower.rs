@@ -50,6 +50,9 @@ pub struct Lowerer<'a> {
     pub params: Vec<ParamInfo>,
     /// Scalar auxiliary-loss terms.
     pub aux: Vec<NodeId>,
+    /// Compute sums of low-rank experts as products over the stacked factors
+    /// (`build/batch.rs`); off, each expert is its own pair of products.
+    pub batch_experts: bool,
 }
 
 fn err<T>(span: Span, msg: impl Into<String>) -> R<T> {
@@ -71,6 +74,7 @@ impl<'a> Lowerer<'a> {
             gates: HashMap::new(),
             params: Vec::new(),
             aux: Vec::new(),
+            batch_experts: true,
         }
     }
 
@@ -538,6 +542,13 @@ impl<'a> Lowerer<'a> {
         let count = self
             .expert_count(g, var)?
             .ok_or_else(|| IrError(format!("`{var}` is not an experts variable")))?;
+        if self.batch_experts {
+            if let Some(m) = super::batch::low_rank_sum(body, var) {
+                if let Some(v) = self.stacked_sum(g, &m, count)? {
+                    return Ok(LVal::Node(v));
+                }
+            }
+        }
         let mut acc: Option<LVal> = None;
         for i in 0..count {
             self.env.push((var.clone(), LVal::Expert(i)));
@@ -550,6 +561,60 @@ impl<'a> Lowerer<'a> {
             });
         }
         acc.ok_or_else(|| IrError("sum over zero experts".into()))
+    }
+
+    /// `Σ_e [g[:, e] ·] (X A[e]ᵀ) B[e]ᵀ` as `((X A_allᵀ) ⊙ G) B_all`; `None` when the names
+    /// are not stacked factors of `count` experts (the unrolled sum then applies).
+    fn stacked_sum(
+        &mut self,
+        g: &mut Graph,
+        m: &super::batch::LowRankSum<'_>,
+        count: usize,
+    ) -> R<Option<NodeId>> {
+        let (
+            Some(LVal::Experts { node: a, count: ca }),
+            Some(LVal::Experts { node: b, count: cb }),
+        ) = (self.lookup(m.a), self.lookup(m.b))
+        else {
+            return Ok(None);
+        };
+        let (sa, sb) = (g.shape(a).to_vec(), g.shape(b).to_vec());
+        if ca != count || cb != count || sa.len() != 3 || sb.len() != 3 || sa[1] != sb[2] {
+            return Ok(None);
+        }
+        let (d, n, mm) = (sa[1], sa[2], sb[1]);
+        let gate = match m.gate {
+            Some(name) => match self.lookup(name) {
+                Some(LVal::Node(gn)) if g.shape(gn).last() == Some(&count) => Some(gn),
+                _ => return Ok(None),
+            },
+            None => None,
+        };
+        let x = self.node(g, m.x)?;
+        let xs = g.shape(x).to_vec();
+        if xs.last() != Some(&n) {
+            return Ok(None);
+        }
+        let a_all = g.reshape(a, &[count * d, n])?;
+        let at = g.t(a_all)?;
+        let mut h = g.matmul(x, at)?;
+        if let Some(gn) = gate {
+            // Each expert's gate column repeated over its d rank columns.
+            let gs = g.shape(gn).to_vec();
+            let mut col = gs.clone();
+            col.push(1);
+            let g3 = g.reshape(gn, &col)?;
+            let mut wide = gs.clone();
+            wide.push(d);
+            let gb = g.bc(g3, &wide)?;
+            let mut flat = gs[..gs.len() - 1].to_vec();
+            flat.push(count * d);
+            let gf = g.reshape(gb, &flat)?;
+            h = g.times(h, gf)?;
+        }
+        let bp = g.permute(b, &[0, 2, 1])?;
+        let b_all = g.reshape(bp, &[count * d, mm])?;
+        Ok(Some(g.matmul(h, b_all)?))
     }
 
     fn expert_count(&mut self, g: &mut Graph, var: &str) -> R<Option<usize>> {

@@ -1,6 +1,7 @@
 //! Builder: checked spec → IR. The base model family supplies the graph; every attached
 //! linear becomes its adapter's `out`, exactly as the spec writes it.
 
+pub mod batch;
 pub mod head;
 pub mod loss;
 pub mod lower;
@@ -35,8 +36,24 @@ pub struct Forward {
     pub modules: Vec<(String, std::ops::Range<usize>)>,
 }
 
+/// Choices of how the graph is built.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BuildOptions {
+    /// Sums of low-rank experts as products over stacked factors (`batch.rs`).
+    pub batch_experts: bool,
+}
+
+impl Default for BuildOptions {
+    fn default() -> Self {
+        BuildOptions {
+            batch_experts: true,
+        }
+    }
+}
+
 struct AdapterHook<'a> {
     spec: &'a Spec,
+    opts: BuildOptions,
     tensors: &'a [TensorInfo],
     by_module: HashMap<&'a str, &'a Attachment>,
     params: Vec<ParamInfo>,
@@ -57,6 +74,7 @@ impl LinearHook for AdapterHook<'_> {
             .get(&at.adapter)
             .ok_or_else(|| IrError(format!("adapter `{}` vanished", at.adapter)))?;
         let mut lw = Lowerer::new(def, at);
+        lw.batch_experts = self.opts.batch_experts;
         // Nodes are only added while building, so indices from here on are this module's.
         let start = g.len();
         let out = lw.lower(g, x, w0)?;
@@ -69,12 +87,18 @@ impl LinearHook for AdapterHook<'_> {
 
 /// Builds the forward graph of a checked spec for the given batch geometry.
 pub fn forward(spec: &Spec, geo: Geometry) -> R<Forward> {
+    forward_with(spec, geo, BuildOptions::default())
+}
+
+/// [`forward`] with explicit build options.
+pub fn forward_with(spec: &Spec, geo: Geometry, opts: BuildOptions) -> R<Forward> {
     let model = spec
         .model
         .as_ref()
         .ok_or_else(|| IrError("the spec declares no model".into()))?;
     let mut hook = AdapterHook {
         spec,
+        opts,
         tensors: &model.tensors,
         by_module: spec
             .attachments

@@ -5,6 +5,7 @@ pub mod cpu;
 pub mod kernel;
 pub mod memplan;
 pub mod plan;
+pub mod print;
 
 pub use kernel::{Access, Form, Inst, Kernel};
 pub use plan::{Buf, BufId, Mat, Plan, Step, Storage};

@@ -4,7 +4,7 @@
 
 use super::kernel::{Access, Form, Inst, Kernel};
 use crate::ir::ops::reduce::split;
-use crate::ir::{DType, Graph, NodeId, Op, ReduceOp, R};
+use crate::ir::{BinaryOp, DType, Graph, NodeId, Op, ReduceOp, UnaryOp, R};
 use petgraph::Direction;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -113,9 +113,12 @@ enum RedKind {
     Host,
 }
 
+/// Largest expression (in ops) recomputed in every consumer instead of stored.
+const RECOMPUTE: usize = 4;
+
 struct Lower<'g> {
     g: &'g Graph,
-    out_edges: HashMap<NodeId, usize>,
+    cost: std::cell::RefCell<HashMap<NodeId, Option<usize>>>,
     outputs: HashSet<NodeId>,
     plan: Plan,
     buf: HashMap<NodeId, BufId>,
@@ -192,16 +195,51 @@ impl Lower<'_> {
         }
     }
 
-    /// Elementwise with one use by a kernel that can absorb it.
+    /// Elementwise and read only by kernels that can absorb it: with one use it is fused into
+    /// its consumer; with several it is recomputed in each when cheap (at most [`RECOMPUTE`]
+    /// arithmetic ops, no transcendental), which saves a buffer and its memory traffic.
     fn inlined(&self, id: NodeId) -> bool {
-        if !is_elem(&self.node(id).op)
-            || self.outputs.contains(&id)
-            || self.out_edges.get(&id) != Some(&1)
-        {
+        if !is_elem(&self.node(id).op) || self.outputs.contains(&id) {
             return false;
         }
-        let u = self.users(id)[0];
-        is_elem(&self.node(u).op) || matches!(self.red_kind(u), RedKind::Row | RedKind::ColFused)
+        let absorbs = |u: NodeId| {
+            is_elem(&self.node(u).op)
+                || matches!(self.red_kind(u), RedKind::Row | RedKind::ColFused)
+        };
+        let users = self.users(id);
+        if !users.iter().all(|&u| absorbs(u)) {
+            return false;
+        }
+        users.len() == 1 || self.recompute_cost(id).is_some_and(|c| c <= RECOMPUTE)
+    }
+
+    /// Ops a kernel spends recomputing `id` and what is inlined into it; `None` when the
+    /// expression holds an expensive op.
+    fn recompute_cost(&self, id: NodeId) -> Option<usize> {
+        if let Some(c) = self.cost.borrow().get(&id) {
+            return *c;
+        }
+        let cheap = match self.node(id).op {
+            Op::Unary(u) => matches!(
+                u,
+                UnaryOp::Neg | UnaryOp::Abs | UnaryOp::Relu | UnaryOp::Recip | UnaryOp::Sqrt
+            ),
+            Op::Binary(b) => b != BinaryOp::Pow,
+            _ => false,
+        };
+        let c = if cheap {
+            let mut total = Some(1usize);
+            for o in self.g.inputs(id) {
+                if is_elem(&self.node(o).op) && self.inlined(o) {
+                    total = total.zip(self.recompute_cost(o)).map(|(a, b)| a + b);
+                }
+            }
+            total
+        } else {
+            None
+        };
+        self.cost.borrow_mut().insert(id, c);
+        c
     }
 
     /// A broadcast only elementwise kernels read (through an addressing mode).
@@ -477,13 +515,9 @@ impl Lower<'_> {
 /// Lowers a graph to a plan.
 pub fn lower(g: &Graph) -> R<Plan> {
     let order = g.topo()?;
-    let out_edges = order
-        .iter()
-        .map(|&i| (i, g.g.edges_directed(i, Direction::Outgoing).count()))
-        .collect();
     let mut l = Lower {
         g,
-        out_edges,
+        cost: Default::default(),
         outputs: g.outputs.iter().map(|(_, i)| *i).collect(),
         plan: Plan::default(),
         buf: HashMap::new(),

@@ -53,6 +53,11 @@ impl CpuProgram {
         })
     }
 
+    /// Bytes the executor allocated for temporaries (the memory plan's peak).
+    pub fn arena_len_bytes(&self) -> usize {
+        self.arena.lock().map(|a| a.len() * 8).unwrap_or(0)
+    }
+
     /// Runs the program; inputs are looked up by name in the maps, in order.
     pub fn run(
         &self,
@@ -105,7 +110,24 @@ impl CpuProgram {
                 let key = match step {
                     Step::Kernel { kernel, .. } => {
                         let k = &self.plan.kernels[*kernel];
-                        format!("kernel {:?} {}x{}", k.form, k.rows, k.inner)
+                        let ops: Vec<String> = k
+                            .body
+                            .iter()
+                            .filter_map(|i| match i {
+                                lorac_compiler::lower::Inst::Unary(u, _) => Some(format!("{u:?}")),
+                                lorac_compiler::lower::Inst::Binary(b, ..) => {
+                                    Some(format!("{b:?}"))
+                                }
+                                _ => None,
+                            })
+                            .collect();
+                        format!(
+                            "kernel {:?} {}x{} [{}]",
+                            k.form,
+                            k.rows,
+                            k.inner,
+                            ops.join(" ")
+                        )
                     }
                     Step::MatMul {
                         a,

@@ -1,10 +1,10 @@
 //! Elementwise math in Cranelift IR, for scalars (`F32`) and 4-lane vectors (`F32X4`) alike.
 //! By default the results equal the reference interpreter's bit for bit: `erf` (GELU) is its
-//! f64 fit evaluated in f64 vectors (`wide.rs`; measured identical on 10⁶ points), and `exp`,
-//! log, tanh, sin, cos and pow call the reference's scalar functions per lane (glibc's `expf`
-//! is not correctly rounded, so an f64 evaluation differs from it by 1 ulp on ~0.06 % of
-//! inputs, enough to move Adam steps past the 1e-5 whole-step test). With `fast_math`, `exp`
-//! and `erf` are inline f32 polynomials instead: vectorised, within ~2 ulp.
+//! f64 fit and `exp` is glibc's `expf` algorithm, both evaluated in f64 vectors (`wide.rs`);
+//! log, tanh, sin, cos and pow call the reference's scalar functions per lane. (A merely
+//! accurate exp differs from glibc's by 1 ulp on ~0.06 % of inputs, enough to move Adam steps
+//! past the 1e-5 whole-step test.) With `fast_math`, `exp` and `erf` are inline f32
+//! polynomials instead: vectorised, within ~2 ulp.
 
 use crate::ir::{BinaryOp, UnaryOp};
 use cranelift_codegen::ir::condcodes::FloatCC;
@@ -12,14 +12,12 @@ use cranelift_codegen::ir::{types, Endianness, FuncRef, InstBuilder, MemFlagsDat
 use cranelift_frontend::FunctionBuilder;
 
 /// Imported scalar functions, in [`LIBM`] order.
-pub const LIBM: [&str; 7] = [
+pub const LIBM: [&str; 5] = [
     "lorac_logf",
     "lorac_tanhf",
     "lorac_sinf",
     "lorac_cosf",
     "lorac_powf",
-    "lorac_expf",
-    "lorac_erff",
 ];
 
 /// ln x (host libm).
@@ -37,14 +35,6 @@ pub extern "C" fn lorac_sinf(x: f32) -> f32 {
 /// cos x.
 pub extern "C" fn lorac_cosf(x: f32) -> f32 {
     x.cos()
-}
-/// e^x.
-pub extern "C" fn lorac_expf(x: f32) -> f32 {
-    x.exp()
-}
-/// erf x (the reference's f64 fit).
-pub extern "C" fn lorac_erff(x: f32) -> f32 {
-    crate::ir::ops::elementwise::erf(x as f64) as f32
 }
 /// x^y.
 pub extern "C" fn lorac_powf(x: f32, y: f32) -> f32 {
@@ -196,7 +186,7 @@ impl Math<'_> {
         match u {
             UnaryOp::Neg => b.ins().fneg(x),
             UnaryOp::Exp if self.fast_math => self.exp(b, x),
-            UnaryOp::Exp => self.call(b, 5, &[x]),
+            UnaryOp::Exp => super::wide::expf(b, x, self.ty),
             UnaryOp::Log => self.call(b, 0, &[x]),
             UnaryOp::Sqrt => b.ins().sqrt(x),
             UnaryOp::Recip => {
@@ -212,7 +202,7 @@ impl Math<'_> {
                 let e = if self.fast_math {
                     self.exp(b, nx)
                 } else {
-                    self.call(b, 5, &[nx])
+                    super::wide::expf(b, nx, self.ty)
                 };
                 let one = self.k(b, 1.0);
                 let d = b.ins().fadd(one, e);

@@ -53,14 +53,12 @@ pub fn compile(kernels: &[Kernel], opt: CpuOptions) -> Result<CpuKernels, String
         .finish(settings::Flags::new(flags))
         .map_err(err)?;
     let mut jb = JITBuilder::with_isa(isa, default_libcall_names());
-    let fptrs: [*const u8; 7] = [
+    let fptrs: [*const u8; 5] = [
         math::lorac_logf as *const u8,
         math::lorac_tanhf as *const u8,
         math::lorac_sinf as *const u8,
         math::lorac_cosf as *const u8,
         math::lorac_powf as *const u8,
-        math::lorac_expf as *const u8,
-        math::lorac_erff as *const u8,
     ];
     for (name, p) in math::LIBM.iter().zip(fptrs) {
         jb.symbol(*name, p);

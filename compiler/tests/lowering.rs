@@ -1,0 +1,121 @@
+//! The backend-neutral lowering: what fuses, what is recomputed, what aliases, and the memory
+//! planner's guarantees (no two live temporaries share bytes; the arena is the planned peak).
+
+use lorac_compiler::ir::{DType, Graph, InputKind, NodeId, Op, UnaryOp};
+use lorac_compiler::lower::kernel::Form;
+use lorac_compiler::lower::memplan::{self, MemPlan};
+use lorac_compiler::lower::plan::{lower, Step};
+
+fn input(g: &mut Graph, name: &str, shape: &[usize]) -> NodeId {
+    g.add(
+        Op::Input {
+            name: name.into(),
+            kind: InputKind::Data,
+            shape: shape.to_vec(),
+            dtype: DType::F32,
+        },
+        &[],
+    )
+    .unwrap()
+}
+
+/// Layer norm then GELU: a handful of kernels, not one per primitive.
+fn ln_gelu() -> Graph {
+    let mut g = Graph::new();
+    let x = input(&mut g, "x", &[64, 96]);
+    let w = input(&mut g, "w", &[96]);
+    let b = input(&mut g, "b", &[96]);
+    let y = g.layer_norm(x, w, b, 1e-12).unwrap();
+    let z = g.gelu(y).unwrap();
+    g.set_output("z", z);
+    g
+}
+
+#[test]
+fn elementwise_chains_fuse_and_broadcasts_are_not_materialised() {
+    let g = ln_gelu();
+    let primitives = g.len();
+    let p = lower(&g).unwrap();
+    // Two row sums, a per-row map after each (mean; √(var + ε)) and one map for
+    // normalise-scale-shift-GELU: five kernels for 35 primitives.
+    assert!(
+        p.kernels.len() <= 5,
+        "{} kernels for {primitives} nodes",
+        p.kernels.len()
+    );
+    assert!(
+        p.steps.iter().all(|s| !matches!(s, Step::Host { .. })),
+        "broadcasts of w, b and the row statistics must be addressing modes, not copies"
+    );
+    let reductions = p
+        .kernels
+        .iter()
+        .filter(|k| matches!(k.form, Form::RowReduce(_)))
+        .count();
+    assert_eq!(reductions, 2, "mean and variance");
+}
+
+#[test]
+fn cheap_values_with_several_users_are_recomputed_not_stored() {
+    // s = x · 0.5 feeds two kernels' worth of work; both recompute it.
+    let mut g = Graph::new();
+    let x = input(&mut g, "x", &[8, 40]);
+    let s = g.scale(x, 0.5).unwrap();
+    let e = g.un(UnaryOp::Exp, s).unwrap();
+    let t = g.un(UnaryOp::Tanh, s).unwrap();
+    g.set_output("e", e);
+    g.set_output("t", t);
+    let p = lower(&g).unwrap();
+    assert_eq!(
+        p.kernels.len(),
+        2,
+        "one kernel per output, none for the shared scale"
+    );
+    // An expensive shared value (exp) is stored once instead.
+    let mut g = Graph::new();
+    let x = input(&mut g, "x", &[8, 40]);
+    let e = g.un(UnaryOp::Exp, x).unwrap();
+    let a = g.scale(e, 2.0).unwrap();
+    let b = g.scale(e, 3.0).unwrap();
+    g.set_output("a", a);
+    g.set_output("b", b);
+    assert_eq!(lower(&g).unwrap().kernels.len(), 3);
+}
+
+#[test]
+fn transposes_read_by_products_are_strides_not_copies() {
+    let mut g = Graph::new();
+    let x = input(&mut g, "x", &[16, 32]);
+    let w = input(&mut g, "w", &[24, 32]);
+    let y = g.linear(x, w, None).unwrap();
+    g.set_output("y", y);
+    let p = lower(&g).unwrap();
+    assert_eq!(p.steps.len(), 1);
+    assert!(matches!(&p.steps[0], Step::MatMul { b, .. } if b.trans));
+}
+
+#[test]
+fn memory_plan_reuses_bytes_and_its_verifier_catches_overlap() {
+    let g = ln_gelu();
+    let p = lower(&g).unwrap();
+    let m = memplan::plan(&p);
+    memplan::verify(&p, &m).unwrap();
+    let total: usize = p
+        .bufs
+        .iter()
+        .enumerate()
+        .filter(|(b, _)| m.offset[*b].is_some())
+        .map(|(_, buf)| memplan::bytes(buf.dtype, buf.len))
+        .sum();
+    assert!(
+        m.peak < total,
+        "peak {} must be below the sum {total} (reuse)",
+        m.peak
+    );
+    // Put every temporary at offset 0: any two that live together now overlap.
+    let bad = MemPlan {
+        offset: m.offset.iter().map(|o| o.map(|_| 0)).collect(),
+        ..m.clone()
+    };
+    assert!(memplan::verify(&p, &bad).is_err());
+}
