@@ -163,7 +163,7 @@ pub fn bench(spec: &Spec, o: &BenchOptions) -> Res<BenchResult> {
     let mut times = vec![];
     for step in 0..total {
         let t = Instant::now();
-        let (_, gs) = s.gradients(&inputs, step)?;
+        let (_, gs) = s.gradients(&inputs, step, 0)?;
         let mut grads = vec![None; s.params.len()];
         for (i, g) in gs {
             grads[i] = Some(g);

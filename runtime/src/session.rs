@@ -129,9 +129,14 @@ impl<'a> Session<'a> {
             )
         };
         let t_build = std::time::Instant::now();
-        let mut fwd = build::forward(spec, geo).map_err(bad)?;
+        // Training graph with seeded dropout masks; the evaluation graph without.
+        let train_opts = build::BuildOptions {
+            training: true,
+            ..Default::default()
+        };
+        let mut fwd = build::forward_with(spec, geo, train_opts).map_err(bad)?;
         let params = fwd.params.clone();
-        let mut eval = fwd.graph.clone();
+        let mut eval = build::forward(spec, geo).map_err(bad)?.graph;
         eval.outputs.retain(|(n, _)| n == "logits");
         loss::add_loss(&mut eval, &cfg.task).map_err(bad)?;
         lorac_compiler::passes::optimize(&mut eval, |_, _| {}).map_err(bad)?;
@@ -239,8 +244,20 @@ impl<'a> Session<'a> {
         &self,
         inputs: &HashMap<String, Tensor>,
         step: u64,
+        micro: u64,
     ) -> Res<(f64, Vec<(usize, Tensor)>)> {
-        let mut vals = self.exec(&self.grad, inputs)?;
+        // The dropout seed follows from (run seed, step, micro-batch) alone, so a resumed run
+        // draws the masks the uninterrupted one drew.
+        let seed =
+            (self.cfg.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ (step << 20) ^ micro) as i64;
+        let extra = HashMap::from([(
+            build::lower::DROPOUT_SEED.to_string(),
+            Tensor::i64(vec![1], vec![seed]),
+        )]);
+        let mut vals = self
+            .grad
+            .run(&[inputs, &extra, &self.state, &self.frozen])
+            .map_err(|e| fail(codes::BUILD_FAILED, e, "report the spec"))?;
         let l = vals["loss"].f()[0] as f64;
         let help =
             "lower the learning rate, add `clip 1.0` or warmup; the last good checkpoint is kept";

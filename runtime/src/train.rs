@@ -161,7 +161,7 @@ pub fn train(spec: &Spec, opt: &TrainOptions) -> Res<Option<Metrics>> {
                 .iter()
                 .map(|r| r.0.len().min(s.geo.seq))
                 .sum::<usize>();
-            let (l, gs) = s.gradients(&s.inputs(&batch), step)?;
+            let (l, gs) = s.gradients(&s.inputs(&batch), step, micro as u64)?;
             loss_sum += l;
             for (i, g) in gs {
                 grads[i] = Some(match grads[i].take() {

@@ -357,3 +357,16 @@ fn the_arena_is_the_planned_peak() {
     assert_eq!(cpu.arena_len_bytes(), cpu.mem.peak);
     c.check("arena", RED);
 }
+
+#[test]
+fn dropout_masks_match() {
+    for n in SIZES {
+        let mut c = Case::new(700 + n as u64);
+        let x = c.input("x", &[3, n], -1.0, 1.0);
+        let s = c.ids("seed", &[1], 1 << 40);
+        let y = c.g.add(Op::Dropout { p: 0.3, salt: 17 }, &[x, s]).unwrap();
+        let z = c.g.un(UnaryOp::Exp, y).unwrap();
+        c.g.set_output("z", z);
+        c.check(&format!("dropout[{n}]"), EW);
+    }
+}

@@ -29,7 +29,11 @@ fn batched_and_unrolled_expert_sums_agree() {
         let task = spec.train.as_ref().unwrap().task.clone();
         let mut runs = vec![];
         for batch_experts in [false, true] {
-            let mut f = forward_with(&spec, geo, BuildOptions { batch_experts }).unwrap();
+            let opts = BuildOptions {
+                batch_experts,
+                ..Default::default()
+            };
+            let mut f = forward_with(&spec, geo, opts).unwrap();
             gradient_graph(&mut f, &task).unwrap();
             let products = f
                 .graph

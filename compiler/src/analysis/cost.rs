@@ -270,6 +270,7 @@ fn measure(
     // Experts unrolled: the report counts each expert's work (k/E of it under top-k routing).
     let opts = build::BuildOptions {
         batch_experts: false,
+        training: false,
     };
     let mut fwd = build::forward_with(spec, geo, opts).map_err(|e| build_failed(e.0))?;
     let loss: NodeId = match &spec.train {

@@ -53,7 +53,16 @@ pub struct Lowerer<'a> {
     /// Compute sums of low-rank experts as products over the stacked factors
     /// (`build/batch.rs`); off, each expert is its own pair of products.
     pub batch_experts: bool,
+    /// Build the training forward: `dropout` draws seeded masks (identity otherwise).
+    pub training: bool,
+    /// Distinguishes this attachment's dropout sites from every other's.
+    pub salt: u64,
+    /// Dropout sites lowered so far.
+    sites: u64,
 }
+
+/// Name of the i64 seed input that training graphs with dropout read (one value per step).
+pub const DROPOUT_SEED: &str = "dropout_seed";
 
 fn err<T>(span: Span, msg: impl Into<String>) -> R<T> {
     Err(IrError(format!(
@@ -75,6 +84,9 @@ impl<'a> Lowerer<'a> {
             params: Vec::new(),
             aux: Vec::new(),
             batch_experts: true,
+            training: false,
+            salt: 0,
+            sites: 0,
         }
     }
 
@@ -467,9 +479,38 @@ impl<'a> Lowerer<'a> {
                 LVal::Node(n) => LVal::Node(g.stop_grad(n)?),
                 other => other,
             },
-            // Dropout is the identity here: these graphs compute the deterministic
-            // (evaluation) forward; training masks are the runtime's job.
-            "dropout" => self.expr(g, need(a0)?)?,
+            // Evaluation graphs compute the deterministic forward; training graphs draw a mask
+            // per site from the step's seed (ops/random.rs).
+            "dropout" => {
+                let x = self.expr(g, need(a0)?)?;
+                let p = match find_arg(args, 1, "p") {
+                    Some(e) => self.num(g, e)?,
+                    None => 0.0,
+                };
+                match x {
+                    LVal::Node(n) if self.training && p > 0.0 => {
+                        let seed = match g.find_input(DROPOUT_SEED) {
+                            Some(s) => s,
+                            None => g.add(
+                                Op::Input {
+                                    name: DROPOUT_SEED.into(),
+                                    kind: InputKind::Data,
+                                    shape: vec![1],
+                                    dtype: DType::I64,
+                                },
+                                &[],
+                            )?,
+                        };
+                        self.sites += 1;
+                        let op = Op::Dropout {
+                            p: p as f32,
+                            salt: self.salt.wrapping_add(self.sites),
+                        };
+                        LVal::Node(g.add(op, &[n, seed])?)
+                    }
+                    other => other,
+                }
+            }
             "row_norm" => {
                 let w = self.node(g, need(a0)?)?;
                 let sq = g.times(w, w)?;
@@ -542,7 +583,10 @@ impl<'a> Lowerer<'a> {
         let count = self
             .expert_count(g, var)?
             .ok_or_else(|| IrError(format!("`{var}` is not an experts variable")))?;
-        if self.batch_experts {
+        // In training, a dropout inside the body draws a mask per expert, which a shared
+        // stacked product cannot express: keep such sums unrolled.
+        let per_expert_masks = self.training && super::batch::calls(body, "dropout");
+        if self.batch_experts && !per_expert_masks {
             if let Some(m) = super::batch::low_rank_sum(body, var) {
                 if let Some(v) = self.stacked_sum(g, &m, count)? {
                     return Ok(LVal::Node(v));

@@ -41,14 +41,24 @@ pub struct Forward {
 pub struct BuildOptions {
     /// Sums of low-rank experts as products over stacked factors (`batch.rs`).
     pub batch_experts: bool,
+    /// The training forward: dropout draws seeded masks (input `dropout_seed`).
+    pub training: bool,
 }
 
 impl Default for BuildOptions {
     fn default() -> Self {
         BuildOptions {
             batch_experts: true,
+            training: false,
         }
     }
+}
+
+/// A stable 64-bit hash of a module name (FNV-1a): the dropout salt of its sites.
+fn salt_of(module: &str) -> u64 {
+    module.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 struct AdapterHook<'a> {
@@ -75,6 +85,8 @@ impl LinearHook for AdapterHook<'_> {
             .ok_or_else(|| IrError(format!("adapter `{}` vanished", at.adapter)))?;
         let mut lw = Lowerer::new(def, at);
         lw.batch_experts = self.opts.batch_experts;
+        lw.training = self.opts.training;
+        lw.salt = salt_of(module);
         // Nodes are only added while building, so indices from here on are this module's.
         let start = g.len();
         let out = lw.lower(g, x, w0)?;

@@ -135,6 +135,9 @@ pub enum Op {
     TopKMask { k: usize },
     /// Identity forward, zero gradient.
     StopGrad,
+    /// Seeded dropout of operand 0 with drop probability `p`; operand 1 is the run's i64 seed,
+    /// `salt` tells sites apart (`ops/random.rs`).
+    Dropout { p: f32, salt: u64 },
     /// Element type conversion (1 operand).
     Cast { to: DType },
     /// `X = (A + δI)⁻¹ B` for small SPD blocks `A[..., d, d]`, `B[..., d, c]`; identity when the
@@ -167,6 +170,7 @@ impl Op {
             Op::OneHot { depth } => format!("one_hot[{depth}]"),
             Op::TopKMask { k } => format!("topk_mask[{k}]"),
             Op::StopGrad => "stop_grad".into(),
+            Op::Dropout { p, salt } => format!("dropout[{p}, {salt:#x}]"),
             Op::Cast { to } => format!("cast[{to:?}]"),
             Op::SpdSolve { damping } => format!("spd_solve[{damping}]"),
         }

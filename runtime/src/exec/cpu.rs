@@ -34,6 +34,9 @@ unsafe impl Send for Ptrs<'_> {}
 // SAFETY: as above.
 unsafe impl Sync for Ptrs<'_> {}
 
+/// Transposed product operands up to this many elements are copied row-major first.
+const SMALL_T: usize = 1 << 16;
+
 /// Elements below which a kernel runs on one thread.
 const PAR_MIN: usize = 1 << 15;
 
@@ -186,7 +189,7 @@ impl CpuProgram {
                 match k.form {
                     Form::ColReduce(ReduceOp::Sum) => {
                         // Column sums accumulate in an f64 row, like the reference.
-                        let mut acc = vec![0f64; k.inner];
+                        let mut acc = vec![-0.0f64; k.inner];
                         ps.push(acc.as_mut_ptr() as *mut f32);
                         f(ps.as_ptr(), 0, rows);
                         let o = std::slice::from_raw_parts_mut(ps[ins.len()], k.inner);
@@ -279,9 +282,40 @@ unsafe fn matmul(
     k: usize,
     n: usize,
 ) {
+    // gemm's blocking (and so its rounding) can depend on operand layout for thin shapes:
+    // small transposed operands are copied row-major first, exactly as the reference
+    // interpreter materialises them, so results stay bit-identical. Large ones (frozen
+    // weights) are read through strides: measured identical, and a copy would cost more.
+    let mut copies: [Vec<f32>; 2] = [vec![], vec![]];
+    let mut operand = |mt: Mat, rows: usize, cols: usize, slot: usize| -> (Mat, usize) {
+        let len = batch * rows * cols;
+        if !mt.trans || len > SMALL_T {
+            return (mt, ptr[mt.buf] as usize);
+        }
+        let src = std::slice::from_raw_parts(ptr[mt.buf] as *const f32, len);
+        let v = &mut copies[slot];
+        v.resize(len, 0.0);
+        for bi in 0..batch {
+            let (s, d) = (&src[bi * rows * cols..], &mut v[bi * rows * cols..]);
+            for i in 0..rows {
+                for j in 0..cols {
+                    d[i * cols + j] = s[j * rows + i];
+                }
+            }
+        }
+        (
+            Mat {
+                buf: mt.buf,
+                trans: false,
+            },
+            v.as_ptr() as usize,
+        )
+    };
+    let (a, pa) = operand(a, m, k, 0);
+    let (b, pb) = operand(b, k, n, 1);
     let (ars, acs) = mat_strides(a, m, k);
     let (brs, bcs) = mat_strides(b, k, n);
-    let (pa, pb, po) = (ptr[a.buf] as usize, ptr[b.buf] as usize, ptr[out] as usize);
+    let po = ptr[out] as usize;
     let one = |i: usize, par: gemm::Parallelism| {
         let (pa, pb, po) = (pa as *const f32, pb as *const f32, po as *mut f32);
         // SAFETY: batch `i` addresses its own `m×k`, `k×n` and `m×n` blocks.

@@ -155,6 +155,15 @@ pub fn run(op: &Op, ins: &[In<'_>], out: &mut Out<'_>, shape: &[usize]) -> Resul
                 }
             }
         },
+        Op::Dropout { p, salt } => {
+            if let (In::F(x, _), In::I(seed, _), Out::F(o)) = (&ins[0], &ins[1], &mut *out) {
+                let seed = seed.first().copied().unwrap_or(0) as u64;
+                for (i, (o, &v)) in o.iter_mut().zip(x.iter()).enumerate() {
+                    *o = v * ops::random::factor(seed, *salt, i as u64, *p);
+                }
+                return Ok(());
+            }
+        }
         Op::Gather => {
             if let (In::F(t, ts), In::I(idx, _), Out::F(o)) = (&ins[0], &ins[1], &mut *out) {
                 let row: usize = ts[1..].iter().product();

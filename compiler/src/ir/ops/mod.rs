@@ -4,6 +4,7 @@
 pub mod elementwise;
 pub mod index;
 pub mod linalg;
+pub mod random;
 pub mod reduce;
 pub mod view;
 
@@ -18,9 +19,12 @@ pub type Ins<'a> = [(&'a [usize], DType)];
 pub fn infer(op: &Op, ins: &Ins<'_>) -> Result<(Vec<usize>, DType), String> {
     let arity = match op {
         Op::Input { .. } | Op::Fill { .. } | Op::Literal { .. } => Some(0),
-        Op::Binary(_) | Op::MatMul | Op::Gather | Op::ScatterAdd { .. } | Op::SpdSolve { .. } => {
-            Some(2)
-        }
+        Op::Binary(_)
+        | Op::MatMul
+        | Op::Gather
+        | Op::ScatterAdd { .. }
+        | Op::SpdSolve { .. }
+        | Op::Dropout { .. } => Some(2),
         Op::Concat { .. } => None,
         _ => Some(1),
     };
@@ -47,6 +51,7 @@ pub fn infer(op: &Op, ins: &Ins<'_>) -> Result<(Vec<usize>, DType), String> {
             elementwise::infer(op, ins)
         }
         Op::Reduce { .. } => reduce::infer(op, ins),
+        Op::Dropout { .. } => random::infer(op, ins),
         Op::MatMul | Op::SpdSolve { .. } => linalg::infer(op, ins),
         Op::Reshape { .. }
         | Op::Permute { .. }
@@ -70,6 +75,7 @@ pub fn eval(op: &Op, ins: &[&Tensor]) -> Result<Tensor, String> {
         Op::Literal { shape, data } => Ok(Tensor::f32(shape.clone(), data.as_ref().clone())),
         Op::Unary(_) | Op::Binary(_) | Op::StopGrad | Op::Cast { .. } => elementwise::eval(op, ins),
         Op::Reduce { .. } => reduce::eval(op, ins),
+        Op::Dropout { .. } => random::eval(op, ins),
         Op::MatMul | Op::SpdSolve { .. } => linalg::eval(op, ins),
         Op::Reshape { .. }
         | Op::Permute { .. }
@@ -94,6 +100,7 @@ pub fn vjp(g: &mut Graph, node: NodeId, dy: NodeId, needs: &[bool]) -> R<Vec<Opt
             elementwise::vjp(g, &op, node, &ins, dy, needs)
         }
         Op::Reduce { .. } => reduce::vjp(g, &op, node, &ins, dy, needs),
+        Op::Dropout { .. } => random::vjp(g, &op, &ins, dy, needs),
         Op::MatMul | Op::SpdSolve { .. } => linalg::vjp(g, &op, node, &ins, dy, needs),
         Op::Reshape { .. }
         | Op::Permute { .. }

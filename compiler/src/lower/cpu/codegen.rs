@@ -138,13 +138,13 @@ pub fn define(b: &mut FunctionBuilder, k: &Kernel, libm: &[FuncRef], fast_math: 
         })
         .collect();
 
-    // Vector loop over j in 0..nvec. Sums accumulate in f64 (two f64x2 halves), as the
-    // reference does; max accumulates in f32 (exact).
+    // Vector loop over j in 0..nvec. Row sums accumulate in one f64, element by element in
+    // index order, exactly as the reference does (bit-identical results); max accumulates in
+    // f32 (exact in any order).
     let vec_hdr = b.create_block();
     b.append_block_param(vec_hdr, types::I64);
     b.append_block_param(vec_hdr, types::F32X4);
-    b.append_block_param(vec_hdr, types::F64X2);
-    b.append_block_param(vec_hdr, types::F64X2);
+    b.append_block_param(vec_hdr, types::F64);
     let vec_body = b.create_block();
     let vec_done = b.create_block();
     let tail_hdr = b.create_block();
@@ -158,15 +158,13 @@ pub fn define(b: &mut FunctionBuilder, k: &Kernel, libm: &[FuncRef], fast_math: 
 
     let zero = b.ins().iconst(types::I64, 0);
     let acc0 = vec4.k(b, ident);
-    let z64 = b.ins().f64const(0.0);
-    let z64x2 = b.ins().splat(types::F64X2, z64);
+    let z64 = b.ins().f64const(-0.0);
     b.ins().jump(
         vec_hdr,
         &[
             BlockArg::Value(zero),
             BlockArg::Value(acc0),
-            BlockArg::Value(z64x2),
-            BlockArg::Value(z64x2),
+            BlockArg::Value(z64),
         ],
     );
 
@@ -179,18 +177,16 @@ pub fn define(b: &mut FunctionBuilder, k: &Kernel, libm: &[FuncRef], fast_math: 
     let byte = b.ins().ishl_imm_u(hp[0], 2);
     let vals = body(b, k, &vec4, &rows, byte);
     let v = vals[k.outputs[0]];
-    let mut acc = Acc {
-        f32: hp[1],
-        lo: hp[2],
-        hi: hp[3],
-    };
+    let (mut acc32, mut acc64) = (hp[1], hp[2]);
     match (k.form, red) {
         (Form::RowReduce(ReduceOp::Sum), _) => {
-            let (lo, hi) = widen(b, v);
-            acc.lo = b.ins().fadd(acc.lo, lo);
-            acc.hi = b.ins().fadd(acc.hi, hi);
+            for lane in 0..4u8 {
+                let l = b.ins().extractlane(v, lane);
+                let w = b.ins().fpromote(types::F64, l);
+                acc64 = b.ins().fadd(acc64, w);
+            }
         }
-        (Form::RowReduce(op), _) => acc.f32 = combine(b, op, acc.f32, v),
+        (Form::RowReduce(op), _) => acc32 = combine(b, op, acc32, v),
         (Form::ColReduce(ReduceOp::Sum), _) => {
             let (lo, hi) = widen(b, v);
             let off = b.ins().ishl_imm_u(hp[0], 3);
@@ -219,9 +215,8 @@ pub fn define(b: &mut FunctionBuilder, k: &Kernel, libm: &[FuncRef], fast_math: 
         vec_hdr,
         &[
             BlockArg::Value(j4),
-            BlockArg::Value(acc.f32),
-            BlockArg::Value(acc.lo),
-            BlockArg::Value(acc.hi),
+            BlockArg::Value(acc32),
+            BlockArg::Value(acc64),
         ],
     );
 
@@ -235,13 +230,7 @@ pub fn define(b: &mut FunctionBuilder, k: &Kernel, libm: &[FuncRef], fast_math: 
         }
         _ => one.k(b, ident),
     };
-    let l0 = b.ins().extractlane(hp[2], 0);
-    let l1 = b.ins().extractlane(hp[2], 1);
-    let h0 = b.ins().extractlane(hp[3], 0);
-    let h1 = b.ins().extractlane(hp[3], 1);
-    let s0 = b.ins().fadd(l0, l1);
-    let s1 = b.ins().fadd(h0, h1);
-    let hs64 = b.ins().fadd(s0, s1);
+    let hs64 = hp[2];
     let nv = b.ins().iconst(types::I64, nvec);
     b.ins().jump(
         tail_hdr,
@@ -323,13 +312,6 @@ pub fn define(b: &mut FunctionBuilder, k: &Kernel, libm: &[FuncRef], fast_math: 
     b.switch_to_block(exit);
     b.ins().return_(&[]);
     b.seal_all_blocks();
-}
-
-/// Loop-carried accumulators of the vector loop.
-struct Acc {
-    f32: Value,
-    lo: Value,
-    hi: Value,
 }
 
 /// Lanes 0–1 and 2–3 of an f32x4 as two f64x2.

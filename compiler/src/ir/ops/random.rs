@@ -1,0 +1,73 @@
+//! Seeded dropout: `x · keep / (1 − p)` where `keep` is drawn per element from a counter-based
+//! hash of (run seed, site salt, element index). No state: the same seed gives the same mask on
+//! every backend, and resuming a run at step t redraws exactly the masks of step t.
+
+use super::Ins;
+use crate::ir::graph::{Graph, NodeId, R};
+use crate::ir::op::{DType, Op};
+use crate::ir::tensor::Tensor;
+
+/// splitmix64's finaliser: a bijective 64-bit mix.
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// True when element `i` is kept: its uniform draw in [0, 1) (24 bits) is at least `p`.
+pub fn keep(seed: u64, salt: u64, i: u64, p: f32) -> bool {
+    let h = mix(mix(seed ^ salt.wrapping_mul(0x9e37_79b9_7f4a_7c15)).wrapping_add(i));
+    ((h >> 40) as f32) * (1.0 / 16_777_216.0) >= p
+}
+
+/// The per-element factor: `1 / (1 − p)` when kept, else 0.
+pub fn factor(seed: u64, salt: u64, i: u64, p: f32) -> f32 {
+    if keep(seed, salt, i, p) {
+        1.0 / (1.0 - p)
+    } else {
+        0.0
+    }
+}
+
+/// Shape rule: `x` f32 of any shape, the seed one i64.
+pub fn infer(_op: &Op, ins: &Ins<'_>) -> Result<(Vec<usize>, DType), String> {
+    let (x, seed) = (ins[0], ins[1]);
+    if x.1 != DType::F32 || seed.1 != DType::I64 || seed.0.iter().product::<usize>() != 1 {
+        return Err(format!(
+            "dropout needs f32 values and one i64 seed, got {:?} and {:?}{:?}",
+            x.1, seed.1, seed.0
+        ));
+    }
+    Ok((x.0.to_vec(), DType::F32))
+}
+
+/// Reference semantics.
+pub fn eval(op: &Op, ins: &[&Tensor]) -> Result<Tensor, String> {
+    let Op::Dropout { p, salt } = op else {
+        return Err("not dropout".into());
+    };
+    let (x, seed) = (ins[0], ins[1].i()[0] as u64);
+    let v = x
+        .f()
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| v * factor(seed, *salt, i as u64, *p))
+        .collect();
+    Ok(Tensor::f32(x.shape.clone(), v))
+}
+
+/// VJP: the same mask on the gradient (dropout is linear in x for a fixed seed).
+pub fn vjp(
+    g: &mut Graph,
+    op: &Op,
+    ins: &[NodeId],
+    dy: NodeId,
+    needs: &[bool],
+) -> R<Vec<Option<NodeId>>> {
+    let dx = if needs[0] {
+        Some(g.add(op.clone(), &[dy, ins[1]])?)
+    } else {
+        None
+    };
+    Ok(vec![dx, None])
+}
