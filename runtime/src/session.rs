@@ -96,6 +96,7 @@ impl<'a> Session<'a> {
 
     /// [`Session::new`] on a chosen backend.
     pub fn with_backend(spec: &'a Spec, backend: Backend) -> Res<Session<'a>> {
+        backend.available()?;
         let cfg = spec.train.as_ref().ok_or_else(|| {
             fail(
                 codes::MISSING_SETTING,

@@ -1,4 +1,4 @@
-//! `loraC compile SPEC [--emit ir|dot|report] [--dump-ir after:PASS] [-o FILE]`.
+//! `loraC compile SPEC [--emit ir|dot|report|cuda] [--dump-ir after:PASS] [-o FILE]`.
 
 use super::check::{checked_spec, use_color};
 use super::{Color, Format};
@@ -18,6 +18,8 @@ pub enum EmitKind {
     Dot,
     /// Parameters, FLOPs per token and memory, per module and in total (no graph output).
     Report,
+    /// CUDA C kernels and launch plans, one directory per program (needs `-o DIR`).
+    Cuda,
 }
 
 /// Options of the compile command.
@@ -88,6 +90,9 @@ pub fn run(spec: &Path, o: Options<'_>, color: Color) -> i32 {
         batch: o.batch.unwrap_or(2),
         seq: o.seq.unwrap_or(16),
     };
+    if o.emit == EmitKind::Cuda {
+        return super::emit_cuda::run(&spec, geo, o.out, o.forward_only, color);
+    }
     let mut fwd = match build::forward(&spec, geo) {
         Ok(f) => f,
         Err(e) => return fail(e.0, color),
@@ -124,7 +129,7 @@ pub fn run(spec: &Path, o: Options<'_>, color: Color) -> i32 {
     }
     let text = match o.emit {
         EmitKind::Ir => to_text(&g),
-        EmitKind::Dot | EmitKind::Report => to_dot(&g),
+        EmitKind::Dot | EmitKind::Report | EmitKind::Cuda => to_dot(&g),
     };
     match o.out {
         Some(p) => match std::fs::write(p, text) {
