@@ -91,6 +91,7 @@ pub fn infer_on(
     adapter: Option<&Path>,
     backend: Backend,
 ) -> Result<Tensor, Box<Diagnostic>> {
+    backend.available()?;
     let spec = &crate::alloc::resolved(spec)?;
     let model = spec.model.as_ref().ok_or_else(|| {
         fail(

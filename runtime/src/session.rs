@@ -5,7 +5,7 @@
 use crate::data::{Example, Label};
 use crate::exec::{Backend, Program};
 use crate::{init, schedule, tokenize, weights};
-use lorac_compiler::build::{self, loss, optim, Geometry};
+use lorac_compiler::build::{self, optim, programs, Geometry};
 use lorac_compiler::check::train::{Task, TrainConfig};
 use lorac_compiler::check::Spec;
 use lorac_compiler::diag::{codes, Code, Diagnostic};
@@ -96,6 +96,7 @@ impl<'a> Session<'a> {
 
     /// [`Session::new`] on a chosen backend.
     pub fn with_backend(spec: &'a Spec, backend: Backend) -> Res<Session<'a>> {
+        backend.available()?;
         let cfg = spec.train.as_ref().ok_or_else(|| {
             fail(
                 codes::MISSING_SETTING,
@@ -129,29 +130,14 @@ impl<'a> Session<'a> {
             )
         };
         let t_build = std::time::Instant::now();
-        // Training graph with seeded dropout masks; the evaluation graph without.
-        let train_opts = build::BuildOptions {
-            training: true,
-            ..Default::default()
-        };
-        let mut fwd = build::forward_with(spec, geo, train_opts).map_err(bad)?;
-        let params = fwd.params.clone();
-        let mut eval = build::forward(spec, geo).map_err(bad)?.graph;
-        eval.outputs.retain(|(n, _)| n == "logits");
-        loss::add_loss(&mut eval, &cfg.task).map_err(bad)?;
-        lorac_compiler::passes::optimize(&mut eval, |_, _| {}).map_err(bad)?;
-        loss::gradient_graph(&mut fwd, &cfg.task).map_err(bad)?;
-        let mut grad = fwd.graph;
-        grad.outputs
-            .retain(|(n, _)| n == "loss" || n.starts_with("grad."));
-        lorac_compiler::passes::optimize(&mut grad, |_, _| {}).map_err(bad)?;
-        let experts: Vec<String> = params
-            .iter()
-            .filter(|p| p.experts.is_some())
-            .map(|p| p.local.clone())
-            .collect();
-        let owner = optim::assign(&params, cfg, &experts).map_err(bad)?;
-        let update = optim::update_graph(&params, &owner, cfg).map_err(bad)?;
+        let programs::TrainGraphs {
+            params,
+            experts,
+            owner,
+            eval,
+            grad,
+            update,
+        } = programs::train_graphs(spec, cfg, geo).map_err(bad)?;
         let build_s = t_build.elapsed().as_secs_f64();
         let wpath = model.weights.as_ref().ok_or_else(|| {
             fail(

@@ -1,4 +1,4 @@
-//! `loraC compile SPEC [--emit ir|dot|report] [--dump-ir after:PASS] [-o FILE]`.
+//! `loraC compile SPEC [--emit ir|dot|report|cuda] [--dump-ir after:PASS] [-o FILE]`.
 
 use super::check::{checked_spec, use_color};
 use super::{Color, Format};
@@ -20,6 +20,8 @@ pub enum EmitKind {
     Report,
     /// The lowered plan: fused kernels with their bodies, matrix products, host steps, arena.
     Plan,
+    /// CUDA C kernels and launch plans, one directory per program (needs `-o DIR`).
+    Cuda,
 }
 
 /// Options of the compile command.
@@ -90,6 +92,9 @@ pub fn run(spec: &Path, o: Options<'_>, color: Color) -> i32 {
         batch: o.batch.unwrap_or(2),
         seq: o.seq.unwrap_or(16),
     };
+    if o.emit == EmitKind::Cuda {
+        return super::emit_cuda::run(&spec, geo, o.out, o.forward_only, color);
+    }
     let mut fwd = match build::forward(&spec, geo) {
         Ok(f) => f,
         Err(e) => return fail(e.0, color),
@@ -133,7 +138,7 @@ pub fn run(spec: &Path, o: Options<'_>, color: Color) -> i32 {
             }
             Err(e) => return fail(e.0, color),
         },
-        EmitKind::Dot | EmitKind::Report => to_dot(&g),
+        EmitKind::Dot | EmitKind::Report | EmitKind::Cuda => to_dot(&g),
     };
     match o.out {
         Some(p) => match std::fs::write(p, text) {

@@ -4,6 +4,7 @@
 mod bench;
 mod check;
 mod compile;
+mod emit_cuda;
 mod explain;
 mod export;
 mod infer;
@@ -30,6 +31,8 @@ pub enum BackendArg {
     Cpu,
     /// The reference interpreter (slow; the oracle the other backends are tested against).
     Reference,
+    /// NVIDIA GPU: NVRTC-compiled kernels and cuBLAS (needs the driver and CUDA 12 libraries).
+    Cuda,
 }
 
 impl From<BackendArg> for lorac_runtime::exec::Backend {
@@ -37,6 +40,7 @@ impl From<BackendArg> for lorac_runtime::exec::Backend {
         match b {
             BackendArg::Cpu => lorac_runtime::exec::Backend::Cpu,
             BackendArg::Reference => lorac_runtime::exec::Backend::Reference,
+            BackendArg::Cuda => lorac_runtime::exec::Backend::Cuda,
         }
     }
 }

@@ -6,6 +6,7 @@ pub mod head;
 pub mod loss;
 pub mod lower;
 pub mod optim;
+pub mod programs;
 
 use crate::check::attach::Attachment;
 use crate::check::Spec;

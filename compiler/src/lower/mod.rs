@@ -1,7 +1,8 @@
 //! Lowering: the optimised IR graph → a backend-neutral [`plan::Plan`] (fused kernels, matrix
-//! products, host ops over planned buffers) → backend code (`cpu`: Cranelift JIT).
+//! products, host ops over planned buffers) → backend code (`cpu`: Cranelift JIT; `cuda`: CUDA C and a launch plan).
 
 pub mod cpu;
+pub mod cuda;
 pub mod kernel;
 pub mod memplan;
 pub mod plan;

@@ -1,7 +1,9 @@
-//! Program execution on a chosen backend: the reference interpreter, or the CPU backend
-//! (lowered plan + memory plan + Cranelift kernels + gemm).
+//! Program execution on a chosen backend: the reference interpreter, the CPU backend
+//! (lowered plan + memory plan + Cranelift kernels + gemm) or the CUDA backend (NVRTC
+//! kernels + cuBLAS).
 
 pub mod cpu;
+pub mod cuda;
 pub mod host;
 
 use lorac_compiler::ir::{Graph, Tensor};
@@ -16,14 +18,17 @@ pub enum Backend {
     /// Fused Cranelift kernels and gemm over a planned arena.
     #[default]
     Cpu,
+    /// NVRTC-compiled kernels and cuBLAS on an NVIDIA GPU.
+    Cuda,
 }
 
 impl Backend {
-    /// Parses `reference` or `cpu`.
+    /// Parses `reference`, `cpu` or `cuda`.
     pub fn parse(s: &str) -> Option<Backend> {
         match s {
             "reference" => Some(Backend::Reference),
             "cpu" => Some(Backend::Cpu),
+            "cuda" => Some(Backend::Cuda),
             _ => None,
         }
     }
@@ -32,6 +37,24 @@ impl Backend {
         match self {
             Backend::Reference => "reference",
             Backend::Cpu => "cpu",
+            Backend::Cuda => "cuda",
+        }
+    }
+
+    /// Checks that the backend can run here (the CUDA backend needs a GPU and CUDA 12);
+    /// an unavailable backend is a coded diagnostic.
+    pub fn available(self) -> Result<(), Box<lorac_compiler::diag::Diagnostic>> {
+        match self {
+            Backend::Cuda => cuda::probe().map_err(|e| {
+                Box::new(
+                    lorac_compiler::diag::Diagnostic::error(
+                        lorac_compiler::diag::codes::NO_CUDA,
+                        format!("CUDA backend unavailable: {e}"),
+                    )
+                    .help("run on the CPU backend (`--backend cpu`), or install the NVIDIA driver and CUDA 12; `loraC explain E0911`"),
+                )
+            }),
+            _ => Ok(()),
         }
     }
 }
@@ -42,6 +65,8 @@ pub enum Program {
     Reference(Graph),
     /// Lowered and compiled.
     Cpu(Box<cpu::CpuProgram>),
+    /// Lowered and compiled for the GPU.
+    Cuda(Box<cuda::CudaProgram>),
 }
 
 impl Program {
@@ -55,6 +80,7 @@ impl Program {
         Ok(match backend {
             Backend::Reference => Program::Reference(g.clone()),
             Backend::Cpu => Program::Cpu(Box::new(cpu::CpuProgram::new(g, opt)?)),
+            Backend::Cuda => Program::Cuda(Box::new(cuda::CudaProgram::new(g)?)),
         })
     }
 
@@ -66,6 +92,7 @@ impl Program {
         match self {
             Program::Reference(g) => lorac_compiler::ir::interp::run_lean(g, inputs),
             Program::Cpu(p) => p.run(inputs),
+            Program::Cuda(p) => p.run(inputs),
         }
     }
 
@@ -74,6 +101,7 @@ impl Program {
         match self {
             Program::Reference(g) => g.output(name).is_some(),
             Program::Cpu(p) => p.plan.outputs.iter().any(|o| o.0 == name),
+            Program::Cuda(p) => p.plan.outputs.iter().any(|o| o.0 == name),
         }
     }
 
@@ -83,6 +111,7 @@ impl Program {
         match self {
             Program::Reference(_) => 0,
             Program::Cpu(p) => p.mem.peak,
+            Program::Cuda(p) => p.mem.peak,
         }
     }
 }
