@@ -69,32 +69,6 @@ pub fn mentions(e: &Expr, var: &str) -> bool {
     }
 }
 
-/// True when `e` calls the built-in `name` anywhere.
-pub fn calls(e: &Expr, name: &str) -> bool {
-    let any = |xs: &[&Expr]| xs.iter().any(|x| calls(x, name));
-    match &e.kind {
-        ExprKind::Call { func, args } => {
-            func.name == name || args.iter().any(|a| calls(&a.value, name))
-        }
-        ExprKind::Binary { lhs, rhs, .. } => any(&[lhs, rhs]),
-        ExprKind::Neg(x) | ExprKind::Transpose(x) => calls(x, name),
-        ExprKind::Index { base, index } => any(&[base, index]),
-        ExprKind::List(xs) | ExprKind::Tuple(xs) => xs.iter().any(|x| calls(x, name)),
-        ExprKind::If {
-            cond,
-            then,
-            otherwise,
-        } => any(&[cond, then, otherwise]),
-        ExprKind::LetIn { value, body, .. } => any(&[value, body]),
-        ExprKind::Lambda { body, .. } => calls(body, name),
-        ExprKind::Name(_)
-        | ExprKind::Int(_)
-        | ExprKind::Float(_)
-        | ExprKind::Str(_)
-        | ExprKind::Bool(_) => false,
-    }
-}
-
 /// `X @ A[var]^T @ B[var]^T`.
 fn chain<'e>(e: &'e Expr, var: &str) -> Option<(&'e Expr, &'e str, &'e str)> {
     let (xa, bt) = matmul(e)?;

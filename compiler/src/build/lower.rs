@@ -583,10 +583,7 @@ impl<'a> Lowerer<'a> {
         let count = self
             .expert_count(g, var)?
             .ok_or_else(|| IrError(format!("`{var}` is not an experts variable")))?;
-        // In training, a dropout inside the body draws a mask per expert, which a shared
-        // stacked product cannot express: keep such sums unrolled.
-        let per_expert_masks = self.training && super::batch::calls(body, "dropout");
-        if self.batch_experts && !per_expert_masks {
+        if self.batch_experts {
             if let Some(m) = super::batch::low_rank_sum(body, var) {
                 if let Some(v) = self.stacked_sum(g, &m, count)? {
                     return Ok(LVal::Node(v));
@@ -635,6 +632,12 @@ impl<'a> Lowerer<'a> {
             None => None,
         };
         let x = self.node(g, m.x)?;
+        // In training, a dropout inside the body draws a mask per expert, which one shared
+        // stacked product cannot express: such sums stay unrolled (the node built here is
+        // dead and removed by DCE).
+        if matches!(g.node(x).op, Op::Dropout { .. }) {
+            return Ok(None);
+        }
         let xs = g.shape(x).to_vec();
         if xs.last() != Some(&n) {
             return Ok(None);
