@@ -535,19 +535,6 @@ pub fn lower(g: &Graph) -> R<Plan> {
     Ok(l.plan)
 }
 
-/// Number of graph nodes each kernel absorbed, for reports.
-pub fn fused_ops(p: &Plan) -> usize {
-    p.kernels
-        .iter()
-        .map(|k| {
-            k.body
-                .iter()
-                .filter(|i| matches!(i, Inst::Unary(..) | Inst::Binary(..)))
-                .count()
-        })
-        .sum()
-}
-
 /// The reduction kind an op has (for dumps).
 pub fn reduce_name(op: ReduceOp) -> &'static str {
     match op {

@@ -95,23 +95,4 @@ impl Program {
             Program::Cuda(p) => p.run(inputs),
         }
     }
-
-    /// True when the program has a result of this name.
-    pub fn has_output(&self, name: &str) -> bool {
-        match self {
-            Program::Reference(g) => g.output(name).is_some(),
-            Program::Cpu(p) => p.plan.outputs.iter().any(|o| o.0 == name),
-            Program::Cuda(p) => p.plan.outputs.iter().any(|o| o.0 == name),
-        }
-    }
-
-    /// Arena bytes the program allocates for temporaries (0 for the interpreter, which
-    /// allocates per op).
-    pub fn arena_bytes(&self) -> usize {
-        match self {
-            Program::Reference(_) => 0,
-            Program::Cpu(p) => p.mem.peak,
-            Program::Cuda(p) => p.mem.peak,
-        }
-    }
 }
