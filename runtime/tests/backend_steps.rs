@@ -9,20 +9,9 @@ use lorac_runtime::train::{train, TrainOptions};
 use lorac_runtime::weights::load;
 use std::path::{Path, PathBuf};
 
-const EXAMPLES: [&str; 12] = [
-    "lora",
-    "rslora",
-    "pissa",
-    "milora",
-    "dora",
-    "molora",
-    "hydralora",
-    "goat",
-    "mola",
-    "alphalora",
-    "riemannian",
-    "my_variant",
-];
+mod common;
+
+use common::TRAINABLE_EXAMPLES as EXAMPLES;
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")

@@ -13,20 +13,9 @@ use lorac_compiler::lower::cuda::{self, NVRTC_OPTIONS};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const EXAMPLES: [&str; 12] = [
-    "lora",
-    "rslora",
-    "pissa",
-    "milora",
-    "dora",
-    "molora",
-    "hydralora",
-    "goat",
-    "mola",
-    "alphalora",
-    "riemannian",
-    "my_variant",
-];
+mod common;
+
+use common::TRAINABLE_EXAMPLES as EXAMPLES;
 
 fn ptxas(root: &Path) -> PathBuf {
     if let Some(p) = std::env::var_os("LORAC_PTXAS") {

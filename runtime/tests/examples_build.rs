@@ -1,6 +1,8 @@
 //! Every example with a train block builds its training programs (gradient, optimizer update,
 //! evaluation) and initial values on MiniLM: no example is check-clean but unrunnable.
 
+mod common;
+
 use lorac_compiler::check::check_file;
 use lorac_runtime::train::Session;
 use std::path::Path;
@@ -13,20 +15,7 @@ fn every_trainable_example_builds_its_session() {
         return;
     }
     let mut built = 0;
-    for name in [
-        "lora",
-        "rslora",
-        "pissa",
-        "milora",
-        "dora",
-        "molora",
-        "hydralora",
-        "goat",
-        "mola",
-        "alphalora",
-        "riemannian",
-        "my_variant",
-    ] {
+    for name in common::TRAINABLE_EXAMPLES {
         let spec = check_file(&root.join(format!("examples/{name}.lora")))
             .spec
             .unwrap_or_else(|| panic!("{name} checks clean"));

@@ -40,3 +40,19 @@ pub fn temp_dir(tag: &str) -> PathBuf {
     std::fs::create_dir_all(&d).unwrap();
     d
 }
+
+/// Every example in `examples/` with a train block (the config-only LLaMA plan has none).
+pub const TRAINABLE_EXAMPLES: [&str; 12] = [
+    "lora",
+    "rslora",
+    "pissa",
+    "milora",
+    "dora",
+    "molora",
+    "hydralora",
+    "goat",
+    "mola",
+    "alphalora",
+    "riemannian",
+    "my_variant",
+];
