@@ -173,3 +173,40 @@ fn every_code_has_an_explainer_and_every_explainer_a_code() {
         );
     }
 }
+
+#[test]
+fn causal_lm_eval_reports_perplexity_and_tokens() {
+    let out = std::env::temp_dir().join(format!("lorac-cli-lm-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let o = out.to_string_lossy().into_owned();
+    let (code, _, err) = lorac(&[
+        "train",
+        "examples/causal_lm.lora",
+        "--steps",
+        "3",
+        "--out",
+        &o,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let adapter = out.join("adapter").to_string_lossy().into_owned();
+    let (code, stdout, err) = lorac(&[
+        "eval",
+        "examples/causal_lm.lora",
+        "--adapter",
+        &adapter,
+        "--format",
+        "json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).expect(&stdout);
+    let (loss, ppl) = (
+        v["loss"].as_f64().unwrap(),
+        v["perplexity"].as_f64().unwrap(),
+    );
+    assert!((ppl - loss.exp()).abs() < 1e-6 * ppl, "{v}");
+    // 48 dev completions of 4–7 characters plus EOS each.
+    let tokens = v["tokens"].as_u64().unwrap();
+    assert!((48 * 5..=48 * 8).contains(&tokens), "{v}");
+    assert!(v["accuracy"].is_null(), "{v}");
+    let _ = std::fs::remove_dir_all(&out);
+}

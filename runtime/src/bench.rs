@@ -142,15 +142,19 @@ pub fn bench(spec: &Spec, o: &BenchOptions) -> Res<BenchResult> {
         .map(|m| m.config.vocab)
         .unwrap_or(2)
         .max(2) as i64;
+    // Skip the low ids (BERT's special and unused tokens) when the vocabulary is large.
+    let first = if vocab > 2000 { 1000 } else { 0 };
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     let rows: Vec<Row> = (0..o.batch)
         .map(|_| {
-            let ids: Vec<i64> = (0..o.seq)
-                .map(|_| rng.random_range(vocab.min(1000)..vocab))
-                .collect();
+            let ids: Vec<i64> = (0..o.seq).map(|_| rng.random_range(first..vocab)).collect();
             let label = match s.cfg.task {
                 Task::Classification { labels, .. } => {
                     Label::Class(rng.random_range(0..labels.max(1)))
+                }
+                // Every position predicts the next token; the last has none.
+                Task::CausalLm { ignore_index, .. } => {
+                    Label::Tokens(ids[1..].iter().copied().chain([ignore_index]).collect())
                 }
                 _ => Label::Value(rng.random_range(-1.0..1.0)),
             };

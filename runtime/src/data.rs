@@ -13,6 +13,9 @@ pub enum Label {
     Value(f32),
     /// Causal LM: the completion text (the prompt is the example's text).
     Completion(String),
+    /// Causal LM after tokenization: the next-token target of every position (the ignore
+    /// index where no loss applies: prompt, padding, the last token).
+    Tokens(Vec<i64>),
 }
 
 /// One example.

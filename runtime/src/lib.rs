@@ -7,6 +7,7 @@ pub mod exec;
 pub mod export;
 pub mod infer;
 pub mod init;
+pub mod lm;
 pub mod plot;
 pub mod schedule;
 pub mod session;

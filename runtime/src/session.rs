@@ -32,6 +32,27 @@ pub struct Metrics {
     pub f1: Option<f64>,
     /// Examples evaluated.
     pub examples: usize,
+    /// `exp(loss)`, the loss being the mean over predicted tokens (causal LM).
+    pub perplexity: Option<f64>,
+    /// Tokens the loss averages over (causal LM).
+    pub tokens: Option<usize>,
+}
+
+impl Metrics {
+    /// One line: the loss, then accuracy and F1 or perplexity, whichever the task has.
+    pub fn summary(&self) -> String {
+        let mut s = format!("loss {:.4}", self.loss);
+        for (name, v) in [
+            ("accuracy", self.accuracy),
+            ("f1", self.f1),
+            ("perplexity", self.perplexity),
+        ] {
+            if let Some(v) = v {
+                s += &format!(" {name} {v:.4}");
+            }
+        }
+        s
+    }
 }
 
 /// Everything a run needs, built once.
@@ -49,6 +70,10 @@ pub struct Session<'a> {
     pub state: HashMap<String, Tensor>,
     tok: tokenizers::Tokenizer,
     pad_id: i64,
+    /// End-of-sequence id appended to causal-LM completions (config.json `eos_token_id`).
+    eos_id: Option<i64>,
+    /// Rows of the embedding table; token ids must stay below it.
+    vocab: usize,
     /// Seconds spent building, optimising and compiling the three programs.
     pub compile_s: f64,
 }
@@ -60,6 +85,11 @@ pub(crate) fn batch_inputs(s: &Session<'_>, rows: &[&Row]) -> HashMap<String, Te
     let mut mask = vec![0f32; b * l];
     let mut labels = vec![-100i64; b];
     let mut values = vec![0f32; b];
+    let ignore = match s.cfg.task {
+        Task::CausalLm { ignore_index, .. } => ignore_index,
+        _ => -100,
+    };
+    let mut tokens = vec![ignore; b * l];
     for (r, (i, t, lab)) in rows.iter().enumerate().take(b) {
         let n = i.len().min(l);
         ids[r * l..r * l + n].copy_from_slice(&i[..n]);
@@ -68,6 +98,7 @@ pub(crate) fn batch_inputs(s: &Session<'_>, rows: &[&Row]) -> HashMap<String, Te
         match lab {
             Label::Class(c) => labels[r] = *c as i64,
             Label::Value(v) => values[r] = *v,
+            Label::Tokens(t) => tokens[r * l..r * l + n].copy_from_slice(&t[..n]),
             Label::Completion(_) => {}
         }
     }
@@ -82,6 +113,7 @@ pub(crate) fn batch_inputs(s: &Session<'_>, rows: &[&Row]) -> HashMap<String, Te
     m.insert("attention_mask".into(), Tensor::f32(vec![b, l], mask));
     match s.cfg.task {
         Task::Regression => m.insert("labels".into(), Tensor::f32(vec![b, 1], values)),
+        Task::CausalLm { .. } => m.insert("labels".into(), Tensor::i64(vec![b * l], tokens)),
         _ => m.insert("labels".into(), Tensor::i64(vec![b], labels)),
     };
     m
@@ -111,13 +143,6 @@ impl<'a> Session<'a> {
                 "add `model …`",
             )
         })?;
-        if matches!(cfg.task, Task::CausalLm { .. }) {
-            return Err(fail(
-                codes::BUILD_FAILED,
-                "causal-LM training is not built yet",
-                "train a classification or regression task",
-            ));
-        }
         let geo = Geometry {
             batch: cfg.batch as usize,
             seq: (cfg.max_len as usize).min(model.config.max_positions),
@@ -178,6 +203,11 @@ impl<'a> Session<'a> {
         let tok = tokenize::load(tpath, geo.seq)
             .map_err(|e| fail(codes::TOKENIZER, e, "use the model's tokenizer.json"))?;
         let pad_id = tok.get_padding().map(|p| p.pad_id as i64).unwrap_or(0);
+        let eos_id = match model.config.raw.get("eos_token_id") {
+            Some(serde_json::Value::Array(v)) => v.first().and_then(|x| x.as_i64()),
+            Some(v) => v.as_i64(),
+            None => None,
+        };
         let compile = |g: &Graph| {
             Program::new(g, backend).map_err(|e| {
                 fail(
@@ -202,6 +232,8 @@ impl<'a> Session<'a> {
             state,
             tok,
             pad_id,
+            eos_id,
+            vocab: model.config.vocab,
             compile_s,
         })
     }
@@ -210,11 +242,60 @@ impl<'a> Session<'a> {
         let texts: Vec<String> = ex.iter().map(|e| e.text.clone()).collect();
         let enc = tokenize::encode_each(&self.tok, &texts)
             .map_err(|e| fail(codes::TOKENIZER, e, "check the data"))?;
+        self.check_vocab(enc.iter().flat_map(|(i, _)| i))?;
+        if let Task::CausalLm {
+            train_on_inputs,
+            ignore_index,
+            ..
+        } = self.cfg.task
+        {
+            let completions: Vec<String> = ex
+                .iter()
+                .map(|e| match &e.label {
+                    Label::Completion(c) => c.clone(),
+                    _ => String::new(),
+                })
+                .collect();
+            let comp = tokenize::encode_plain(&self.tok, &completions)
+                .map_err(|e| fail(codes::TOKENIZER, e, "check the data"))?;
+            self.check_vocab(comp.iter().flatten().chain(&self.eos_id))?;
+            return Ok(enc
+                .into_iter()
+                .zip(comp)
+                .map(|((p, _), c)| {
+                    let (ids, labels) = crate::lm::lm_row(
+                        &p,
+                        &c,
+                        self.eos_id,
+                        self.geo.seq,
+                        train_on_inputs,
+                        ignore_index,
+                    );
+                    let types = vec![0; ids.len()];
+                    (ids, types, Label::Tokens(labels))
+                })
+                .collect());
+        }
         Ok(enc
             .into_iter()
             .zip(ex)
             .map(|((i, t), e)| (i, t, e.label.clone()))
             .collect())
+    }
+
+    /// The embedding lookup has no row for an id past the vocabulary: a mismatched tokenizer.
+    fn check_vocab<'i>(&self, mut ids: impl Iterator<Item = &'i i64>) -> Res<()> {
+        match ids.find(|&&i| i < 0 || i as usize >= self.vocab) {
+            Some(id) => Err(fail(
+                codes::TOKENIZER,
+                format!(
+                    "the tokenizer produced token id {id}, but the model's vocabulary has {} tokens",
+                    self.vocab
+                ),
+                "use the tokenizer.json that belongs to the model",
+            )),
+            None => Ok(()),
+        }
     }
 
     /// Runs a program with the batch, the trainable state and the frozen weights as inputs.
@@ -375,12 +456,27 @@ impl<'a> Session<'a> {
                 _ => 1,
             },
         );
-        let (mut total, mut correct) = (0.0, 0usize);
+        let lm = matches!(self.cfg.task, Task::CausalLm { .. });
+        let (mut total, mut correct, mut weight) = (0.0, 0usize, 0usize);
         let mut conf = vec![vec![0usize; classes]; classes];
         for chunk in rows.chunks(b) {
             let refs: Vec<&Row> = chunk.iter().collect();
             let vals = self.exec(&self.eval, &batch_inputs(self, &refs))?;
-            total += vals["loss"].f()[0] as f64 * chunk.len() as f64;
+            // The program's loss is a mean over the batch's examples, or over its predicted
+            // tokens for causal LM; weight it back into a mean over the whole set.
+            let w = if lm {
+                chunk
+                    .iter()
+                    .map(|r| match &r.2 {
+                        Label::Tokens(t) => t.iter().filter(|&&x| x >= 0).count(),
+                        _ => 0,
+                    })
+                    .sum()
+            } else {
+                chunk.len()
+            };
+            total += vals["loss"].f()[0] as f64 * w as f64;
+            weight += w;
             let lg = vals["logits"].f();
             for (r, row) in chunk.iter().enumerate() {
                 if let Label::Class(c) = row.2 {
@@ -393,6 +489,7 @@ impl<'a> Session<'a> {
             }
         }
         let n = rows.len();
+        let loss = total / weight.max(1) as f64;
         let classification = matches!(self.cfg.task, Task::Classification { .. });
         let f1_of = |k: usize| {
             let tp = conf[k][k] as f64;
@@ -418,10 +515,12 @@ impl<'a> Session<'a> {
             }
         });
         Ok(Metrics {
-            loss: total / n as f64,
+            loss,
             accuracy: classification.then(|| correct as f64 / n as f64),
             f1,
             examples: n,
+            perplexity: lm.then(|| loss.exp()),
+            tokens: lm.then_some(weight),
         })
     }
 }

@@ -93,3 +93,18 @@ pub fn encode_each(t: &Tokenizer, texts: &[String]) -> Result<Vec<Encoded>, Stri
         })
         .collect())
 }
+
+/// Token ids of each text without special tokens (no BOS), unpadded and truncated: the
+/// completions of causal-LM examples, which continue a prompt that already has them.
+pub fn encode_plain(t: &Tokenizer, texts: &[String]) -> Result<Vec<Vec<i64>>, String> {
+    let enc = t
+        .encode_batch(texts.to_vec(), false)
+        .map_err(|e| e.to_string())?;
+    Ok(enc
+        .iter()
+        .map(|e| {
+            let n = e.get_attention_mask().iter().filter(|&&m| m == 1).count();
+            e.get_ids()[..n].iter().map(|&i| i as i64).collect()
+        })
+        .collect())
+}

@@ -195,21 +195,12 @@ pub fn train(spec: &Spec, opt: &TrainOptions) -> Res<Option<Metrics>> {
             eval_hist.push((done, m.loss));
             metrics_line(
                 &mut metrics,
-                serde_json::json!({"step": done, "eval_loss": m.loss, "accuracy": m.accuracy, "f1": m.f1}),
+                serde_json::json!({"step": done, "eval_loss": m.loss, "accuracy": m.accuracy, "f1": m.f1, "perplexity": m.perplexity}),
             )?;
-            bar.println(format!(
-                "eval @ {done}: loss {:.4} accuracy {:.4} f1 {:.4}",
-                m.loss,
-                m.accuracy.unwrap_or(f64::NAN),
-                m.f1.unwrap_or(f64::NAN)
-            ));
+            let line = format!("eval @ {done}: {}", m.summary());
+            bar.println(&line);
             if !opt.progress {
-                eprintln!(
-                    "eval @ {done}: loss {:.4} accuracy {:.4} f1 {:.4}",
-                    m.loss,
-                    m.accuracy.unwrap_or(f64::NAN),
-                    m.f1.unwrap_or(f64::NAN)
-                );
+                eprintln!("{line}");
             }
             last_eval = Some(m);
         }

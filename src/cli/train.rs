@@ -9,18 +9,15 @@ use std::io::IsTerminal;
 use std::path::Path;
 
 fn metrics_text(m: &Metrics) -> String {
-    let mut s = format!("examples {}  loss {:.4}", m.examples, m.loss);
-    if let Some(a) = m.accuracy {
-        s += &format!("  accuracy {a:.4}");
-    }
-    if let Some(f) = m.f1 {
-        s += &format!("  f1 {f:.4}");
-    }
-    s
+    let tokens = m
+        .tokens
+        .map(|t| format!("  tokens {t}"))
+        .unwrap_or_default();
+    format!("examples {}{tokens}  {}", m.examples, m.summary())
 }
 
 fn metrics_json(m: &Metrics) -> serde_json::Value {
-    serde_json::json!({"examples": m.examples, "loss": m.loss, "accuracy": m.accuracy, "f1": m.f1})
+    serde_json::json!({"examples": m.examples, "loss": m.loss, "accuracy": m.accuracy, "f1": m.f1, "perplexity": m.perplexity, "tokens": m.tokens})
 }
 
 /// Command-line options of `train`.

@@ -273,7 +273,8 @@ pub fn check(
             else {
                 continue;
             };
-            let key = format!("{}|{}|{:?}", lin.m, lin.n, args);
+            // Two adapters with equal arguments on equal shapes are still different instances.
+            let key = format!("{}|{}|{}|{:?}", def.name.name, lin.m, lin.n, args);
             let instance = match cache.get(&key) {
                 Some(i) => i.clone(),
                 None => {

@@ -208,6 +208,7 @@ fn check_items(
             },
             diags,
         );
+        check_task_family(t, train_cfg.as_ref(), model.as_ref(), diags);
     }
     let mut std_adapters: Vec<String> = adapters
         .values()
@@ -265,4 +266,37 @@ pub fn resolve_alpha(spec: &mut Spec, layer_alpha: Vec<f64>) -> Result<(), Diagn
     }
     spec.attachments = attachments;
     Ok(())
+}
+
+/// Causal-LM training needs a decoder with an LM head; BERT has none.
+fn check_task_family(
+    block: &crate::syntax::ast::TrainBlock,
+    cfg: Option<&TrainConfig>,
+    model: Option<&ModelInfo>,
+    diags: &mut Diagnostics,
+) {
+    let (Some(cfg), Some(model)) = (cfg, model) else {
+        return;
+    };
+    if matches!(cfg.task, train::Task::CausalLm { .. })
+        && model.config.family != crate::model::Family::Llama
+    {
+        let span = block
+            .entries
+            .iter()
+            .find(|e| e.key.name == "task")
+            .map(|e| e.span)
+            .unwrap_or(block.span);
+        diags.push(
+            Diagnostic::error(
+                codes::BAD_VALUE,
+                format!(
+                    "`causal_lm` needs a decoder with an LM head, but the model is `{}`",
+                    model.config.family.name()
+                ),
+            )
+            .at(span, "this model cannot predict tokens")
+            .help("use `model llama(\"…\")`, or `task classification(labels = N)` for this model"),
+        );
+    }
 }

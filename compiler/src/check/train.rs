@@ -237,14 +237,31 @@ pub fn check(
                             args,
                             &["prompt", "completion", "train_on_inputs", "ignore_index"],
                         );
+                        // A non-negative ignore index could be a real token id, whose loss
+                        // would then silently vanish.
+                        let ignore_index = match kw.get("ignore_index") {
+                            Some((v, s)) => {
+                                match v.as_i64() {
+                                    Some(i) if i < 0 => i,
+                                    _ => {
+                                        ev.err(
+                                        codes::BAD_VALUE,
+                                        format!("`ignore_index` must be a negative integer, found {v}"),
+                                        *s,
+                                        "a token id could have this value",
+                                        "use `ignore_index = -100`",
+                                    );
+                                        -100
+                                    }
+                                }
+                            }
+                            None => -100,
+                        };
                         Task::CausalLm {
                             prompt: string(&mut ev, &kw, "prompt", "prompt"),
                             completion: string(&mut ev, &kw, "completion", "completion"),
                             train_on_inputs: boolean(&mut ev, &kw, "train_on_inputs", false),
-                            ignore_index: kw
-                                .get("ignore_index")
-                                .and_then(|v| v.0.as_i64())
-                                .unwrap_or(-100),
+                            ignore_index,
                         }
                     }
                 });

@@ -23,6 +23,14 @@ impl Family {
             _ => None,
         }
     }
+
+    /// The name a spec writes after `model`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::Bert => "bert",
+            Family::Llama => "llama",
+        }
+    }
 }
 
 /// Architecture sizes read from config.json.

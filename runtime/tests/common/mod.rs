@@ -42,7 +42,7 @@ pub fn temp_dir(tag: &str) -> PathBuf {
 }
 
 /// Every example in `examples/` with a train block (the config-only LLaMA plan has none).
-pub const TRAINABLE_EXAMPLES: [&str; 12] = [
+pub const TRAINABLE_EXAMPLES: [&str; 13] = [
     "lora",
     "rslora",
     "pissa",
@@ -55,4 +55,5 @@ pub const TRAINABLE_EXAMPLES: [&str; 12] = [
     "alphalora",
     "riemannian",
     "my_variant",
+    "causal_lm",
 ];
