@@ -2,6 +2,7 @@
 
 pub mod alloc;
 pub mod bench;
+pub mod checkpoint;
 pub mod data;
 pub mod exec;
 pub mod export;

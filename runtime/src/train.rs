@@ -4,7 +4,7 @@
 use crate::exec::Backend;
 use crate::session::{fail, Res};
 pub use crate::session::{Metrics, Session};
-use crate::{data, weights};
+use crate::{checkpoint, data, weights};
 use lorac_compiler::build;
 use lorac_compiler::check::train::{Duration, TrainConfig};
 use lorac_compiler::check::Spec;
@@ -70,24 +70,26 @@ pub fn train(spec: &Spec, opt: &TrainOptions) -> Res<Option<Metrics>> {
     std::fs::create_dir_all(&opt.out).map_err(|e| io(format!("{}: {e}", opt.out.display())))?;
     let ckpt_dir = opt.out.join("checkpoint");
     let mut start = 0u64;
-    if opt.resume {
-        let st = weights::load(&ckpt_dir.join("state.safetensors"), None).map_err(|e| {
+    let mut history: Vec<(u64, f64)> = Vec::new();
+    let mut eval_hist: Vec<(u64, f64)> = Vec::new();
+    let ckpt = if opt.resume {
+        checkpoint::load(&ckpt_dir).map_err(|e| {
             fail(
                 codes::CHECKPOINT,
                 format!("cannot resume: {e}"),
-                "resume from the --out directory of a run of this spec",
+                "resume from the --out directory of a run of this spec, or start it again without --resume",
             )
-        })?;
-        let meta: serde_json::Value = std::fs::read_to_string(ckpt_dir.join("state.json"))
-            .ok()
-            .and_then(|t| serde_json::from_str(&t).ok())
-            .ok_or_else(|| {
-                fail(
-                    codes::CHECKPOINT,
-                    "checkpoint/state.json is missing or corrupt",
-                    "resume from a complete run directory",
-                )
-            })?;
+        })?
+    } else {
+        None
+    };
+    if opt.resume && ckpt.is_none() {
+        eprintln!(
+            "note: {} holds no checkpoint yet; starting from step 0",
+            opt.out.display()
+        );
+    }
+    if let Some((st, meta)) = ckpt {
         for (k, v) in st {
             match s.state.get(&k) {
                 Some(old) if old.shape == v.shape => {
@@ -102,20 +104,23 @@ pub fn train(spec: &Spec, opt: &TrainOptions) -> Res<Option<Metrics>> {
                 }
             }
         }
-        start = meta["step"].as_u64().unwrap_or(0);
+        start = meta.step;
+        history = meta.history;
+        eval_hist = meta.eval_history;
         // The resumed run ends where the interrupted one would have (same schedule horizon).
         if opt.steps.is_none() {
-            total = meta["total"].as_u64().unwrap_or(total);
+            total = meta.total;
         }
     }
+    // Lines logged after the checkpoint (or half-written when the process died) are dropped;
+    // the resumed run writes them again, identically.
+    let metrics_path = opt.out.join("metrics.jsonl");
+    checkpoint::trim_metrics(&metrics_path, start).map_err(io)?;
     let mut metrics = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(opt.out.join("metrics.jsonl"))
+        .open(&metrics_path)
         .map_err(|e| io(e.to_string()))?;
-    if !opt.resume {
-        metrics.set_len(0).map_err(|e| io(e.to_string()))?;
-    }
     let bar = if opt.progress {
         indicatif::ProgressBar::new(total)
     } else {
@@ -131,8 +136,6 @@ pub fn train(spec: &Spec, opt: &TrainOptions) -> Res<Option<Metrics>> {
     let per_step = (cfg.batch * cfg.accumulate) as usize;
     let mut order: Vec<usize> = Vec::new();
     let mut order_epoch = u64::MAX;
-    let mut history: Vec<(u64, f64)> = Vec::new();
-    let mut eval_hist: Vec<(u64, f64)> = Vec::new();
     let mut last_eval = None;
     let log_every = cfg.log_every.max(1);
     let last = opt.stop_after.unwrap_or(total).min(total);
@@ -205,10 +208,15 @@ pub fn train(spec: &Spec, opt: &TrainOptions) -> Res<Option<Metrics>> {
             last_eval = Some(m);
         }
         if opt.checkpoint_every.is_some_and(|c| done % c.max(1) == 0) || done == total {
-            weights::save_atomic(&ckpt_dir.join("state.safetensors"), &s.state).map_err(io)?;
-            let meta = serde_json::json!({"step": done, "total": total, "seed": cfg.seed, "spec": spec.path.display().to_string()});
-            weights::write_atomic(&ckpt_dir.join("state.json"), meta.to_string().as_bytes())
-                .map_err(io)?;
+            let meta = checkpoint::Meta {
+                step: done,
+                total,
+                seed: cfg.seed,
+                spec: spec.path.display().to_string(),
+                history: history.clone(),
+                eval_history: eval_hist.clone(),
+            };
+            checkpoint::save(&ckpt_dir, &s.state, &meta).map_err(io)?;
         }
     }
     bar.finish_and_clear();

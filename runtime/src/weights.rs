@@ -107,6 +107,16 @@ mod tests {
 /// Writes f32 tensors to a safetensors file atomically (temp file, fsync, rename), so an
 /// interrupted write never leaves a corrupt file behind.
 pub fn save_atomic(path: &Path, tensors: &HashMap<String, Tensor>) -> Result<(), String> {
+    save_atomic_meta(path, tensors, None)
+}
+
+/// [`save_atomic`] with string metadata in the safetensors header, written in the same
+/// rename (a checkpoint's step can never disagree with its tensors).
+pub fn save_atomic_meta(
+    path: &Path,
+    tensors: &HashMap<String, Tensor>,
+    meta: Option<HashMap<String, String>>,
+) -> Result<(), String> {
     let mut names: Vec<&String> = tensors.keys().collect();
     names.sort();
     let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = names
@@ -125,8 +135,25 @@ pub fn save_atomic(path: &Path, tensors: &HashMap<String, Tensor>) -> Result<(),
                 .map_err(|e| e.to_string())
         })
         .collect::<Result<_, _>>()?;
-    let data = safetensors::serialize(views, None).map_err(|e| e.to_string())?;
+    let data = safetensors::serialize(views, meta).map_err(|e| e.to_string())?;
     write_atomic(path, &data)
+}
+
+/// The string key/value metadata of a safetensors header.
+pub type Metadata = HashMap<String, String>;
+
+/// Loads every tensor of a safetensors file and the string metadata of its header.
+pub fn load_with_meta(path: &Path) -> Result<(HashMap<String, Tensor>, Metadata), String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let (_, header) =
+        SafeTensors::read_metadata(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+    let meta = header.metadata().clone().unwrap_or_default();
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut out = HashMap::new();
+    for (name, view) in st.tensors() {
+        out.insert(name.clone(), to_tensor(&name, &view)?);
+    }
+    Ok((out, meta))
 }
 
 /// Writes bytes atomically: a temp file in the same directory, fsync, rename.
