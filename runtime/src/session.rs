@@ -362,14 +362,15 @@ impl<'a> Session<'a> {
     }
 
     /// Applies one optimizer step of `total` with summed gradients of `micro` micro-batches
-    /// (averaged, clipped, then the update program); returns the first optimizer's rate.
+    /// (averaged, clipped, then the update program); returns each optimizer's learning rate
+    /// for this step, in the train block's order.
     pub fn apply(
         &mut self,
         grads: Vec<Option<Tensor>>,
         micro: u64,
         step: u64,
         total: u64,
-    ) -> Res<f64> {
+    ) -> Res<Vec<f64>> {
         let cfg = self.cfg;
         let inv = 1.0 / micro as f32;
         let mut grads: Vec<Tensor> = grads
@@ -410,7 +411,7 @@ impl<'a> Session<'a> {
         for (p, g) in self.params.iter().zip(grads) {
             up.insert(format!("grad.{}", p.name), g);
         }
-        let mut lr0 = 0.0;
+        let mut lrs = vec![];
         for (i, o) in cfg.optimizers.iter().enumerate() {
             let sched = cfg
                 .schedules
@@ -420,9 +421,7 @@ impl<'a> Session<'a> {
                 })
                 .or_else(|| cfg.schedules.iter().find(|sc| sc.selectors.is_empty()));
             let lr = o.lr * schedule::factor(sched, step, total);
-            if i == 0 {
-                lr0 = lr;
-            }
+            lrs.push(lr);
             let t = (step + 1) as i32;
             let (bc1, bc2) = match o.kind {
                 lorac_compiler::check::train::OptimizerKind::AdamW {
@@ -443,7 +442,7 @@ impl<'a> Session<'a> {
                 self.state.insert(n.to_string(), t);
             }
         }
-        Ok(lr0)
+        Ok(lrs)
     }
 
     /// Evaluates on examples: mean loss, accuracy, F1.

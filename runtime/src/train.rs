@@ -36,6 +36,25 @@ pub struct TrainOptions {
     pub backend: Backend,
 }
 
+/// Each optimizer's rate under the name of what it selects (`default` for the one without
+/// `for`), so a run with parameter groups logs every group's schedule.
+fn group_rates(cfg: &TrainConfig, lrs: &[f64]) -> serde_json::Value {
+    let m: serde_json::Map<String, serde_json::Value> = cfg
+        .optimizers
+        .iter()
+        .zip(lrs)
+        .map(|(o, lr)| {
+            let name = if o.selectors.is_empty() {
+                "default".to_string()
+            } else {
+                o.selectors.join(",")
+            };
+            (name, serde_json::json!(lr))
+        })
+        .collect();
+    serde_json::Value::Object(m)
+}
+
 /// Total optimizer steps of a run.
 fn total_steps(cfg: &TrainConfig, n: usize, over: Option<u64>) -> u64 {
     over.unwrap_or(match cfg.duration {
@@ -176,7 +195,8 @@ pub fn train(spec: &Spec, opt: &TrainOptions) -> Res<Option<Metrics>> {
                 });
             }
         }
-        let lr0 = s.apply(grads, cfg.accumulate, step, total)?;
+        let lrs = s.apply(grads, cfg.accumulate, step, total)?;
+        let lr0 = lrs.first().copied().unwrap_or(0.0);
         let loss = loss_sum / cfg.accumulate as f64;
         history.push((step + 1, loss));
         let done = step + 1;
@@ -186,7 +206,7 @@ pub fn train(spec: &Spec, opt: &TrainOptions) -> Res<Option<Metrics>> {
         if done % log_every == 0 || done == total {
             metrics_line(
                 &mut metrics,
-                serde_json::json!({"step": done, "loss": loss, "lr": lr0, "tokens_per_s": tps}),
+                serde_json::json!({"step": done, "loss": loss, "lr": lr0, "lr_groups": group_rates(cfg, &lrs), "tokens_per_s": tps}),
             )?;
             if !opt.progress {
                 eprintln!("step {done}/{total} loss {loss:.4} lr {lr0:.2e} {tps:.0} tok/s");
