@@ -112,7 +112,11 @@ pub(crate) fn batch_inputs(s: &Session<'_>, rows: &[&Row]) -> HashMap<String, Te
     m.insert("token_type_ids".into(), Tensor::i64(vec![b, l], types));
     m.insert("attention_mask".into(), Tensor::f32(vec![b, l], mask));
     match s.cfg.task {
-        Task::Regression => m.insert("labels".into(), Tensor::f32(vec![b, 1], values)),
+        Task::Regression => {
+            let real = (0..b).map(|r| f32::from(r < rows.len())).collect();
+            m.insert("label_mask".into(), Tensor::f32(vec![b, 1], real));
+            m.insert("labels".into(), Tensor::f32(vec![b, 1], values))
+        }
         Task::CausalLm { .. } => m.insert("labels".into(), Tensor::i64(vec![b * l], tokens)),
         _ => m.insert("labels".into(), Tensor::i64(vec![b], labels)),
     };

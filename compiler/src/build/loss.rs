@@ -55,10 +55,24 @@ pub fn add_loss(g: &mut Graph, task: &Task) -> R<NodeId> {
                 },
                 &[],
             )?;
+            // Rows that pad a short batch carry weight 0: the mean is over real examples.
+            let w = g.add(
+                Op::Input {
+                    name: "label_mask".into(),
+                    kind: InputKind::Data,
+                    shape: vec![s[0], 1],
+                    dtype: DType::F32,
+                },
+                &[],
+            )?;
             let d = g.minus(logits, y)?;
             let sq = g.times(d, d)?;
+            let sq = g.times(sq, w)?;
             let t = g.sum_all(sq)?;
-            g.scale(t, 1.0 / s[0] as f32)?
+            let n = g.sum_all(w)?;
+            let one = g.scalar(1.0)?;
+            let n = g.bin(crate::ir::BinaryOp::Max, n, one)?;
+            g.over(t, n)?
         }
         Task::CausalLm { .. } => {
             // Labels are already shifted by the data loader: labels[b, t] is the token after t.
