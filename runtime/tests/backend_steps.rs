@@ -1,7 +1,7 @@
 //! Whole training steps of every example on the CPU backend equal the reference interpreter:
 //! after 3 optimizer steps (batch 2 × 16 tokens, a 16-email slice of SpamAssassin) every
 //! trained tensor agrees within 1e-5 relative (‖cpu − reference‖ / ‖reference‖), and so do
-//! the logged losses.
+//! the logged losses. With `LORAC_TEST_CUDA=1` on a GPU machine the CUDA backend runs too.
 
 use lorac_compiler::check::check_source;
 use lorac_runtime::exec::Backend;
@@ -63,6 +63,7 @@ fn three_steps_of_every_example_match_the_reference() {
         let lines: Vec<&str> = src.lines().take(n).collect();
         std::fs::write(data.join(format!("{split}.jsonl")), lines.join("\n")).unwrap();
     }
+    let cuda = common::cuda_requested();
     for name in EXAMPLES {
         let path = r.join(format!("examples/{name}.lora"));
         let text = shortened(&std::fs::read_to_string(&path).unwrap(), &data);
@@ -74,7 +75,11 @@ fn three_steps_of_every_example_match_the_reference() {
         );
         let spec = c.spec.unwrap();
         let mut runs = vec![];
-        for be in [Backend::Reference, Backend::Cpu] {
+        let mut backends = vec![Backend::Reference, Backend::Cpu];
+        if cuda {
+            backends.push(Backend::Cuda);
+        }
+        for be in backends {
             let out = std::env::temp_dir().join(format!(
                 "lorac-steps-{name}-{}-{}",
                 be.name(),
@@ -90,16 +95,18 @@ fn three_steps_of_every_example_match_the_reference() {
             runs.push(load(&out.join("adapter/adapter.safetensors"), None).unwrap());
             let _ = std::fs::remove_dir_all(&out);
         }
-        let (want, got) = (&runs[0], &runs[1]);
-        assert_eq!(want.len(), got.len(), "{name}: tensor count");
-        for (k, w) in want {
-            let g = &got[k];
-            let diff: Vec<f32> = g.f().iter().zip(w.f()).map(|(a, b)| a - b).collect();
-            let rel = norm(&diff) / norm(w.f()).max(1e-12);
-            assert!(
-                rel <= 1e-5,
-                "{name}/{k}: relative difference {rel:e} after 3 steps"
-            );
+        let want = &runs[0];
+        for (got, be) in runs[1..].iter().zip(["cpu", "cuda"]) {
+            assert_eq!(want.len(), got.len(), "{name} on {be}: tensor count");
+            for (k, w) in want {
+                let g = &got[k];
+                let diff: Vec<f32> = g.f().iter().zip(w.f()).map(|(a, b)| a - b).collect();
+                let rel = norm(&diff) / norm(w.f()).max(1e-12);
+                assert!(
+                    rel <= 1e-5,
+                    "{name}/{k} on {be}: relative difference {rel:e} after 3 steps"
+                );
+            }
         }
     }
 }

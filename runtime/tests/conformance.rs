@@ -17,17 +17,23 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::collections::HashMap;
 
+mod common;
+
 const SIZES: [usize; 4] = [1, 3, 50, 783];
 const EW: f32 = 2e-6;
 const RED: f32 = 2e-5;
 
 /// Backends (and code generation options) checked against the reference; the CUDA backend
-/// joins this list.
+/// joins with `LORAC_TEST_CUDA=1` on a GPU machine.
 fn backends() -> Vec<(Backend, CpuOptions)> {
-    vec![
+    let mut v = vec![
         (Backend::Cpu, CpuOptions::default()),
         (Backend::Cpu, CpuOptions { fast_math: true }),
-    ]
+    ];
+    if common::cuda_requested() {
+        v.push((Backend::Cuda, CpuOptions::default()));
+    }
+    v
 }
 
 struct Case {

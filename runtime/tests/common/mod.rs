@@ -57,3 +57,20 @@ pub const TRAINABLE_EXAMPLES: [&str; 13] = [
     "my_variant",
     "causal_lm",
 ];
+
+/// True when `LORAC_TEST_CUDA=1` asks the backend tests to include CUDA. Asking on a machine
+/// without a usable device fails loudly (the run would otherwise prove nothing); not asking
+/// prints that CUDA was skipped.
+pub fn cuda_requested() -> bool {
+    if std::env::var("LORAC_TEST_CUDA").as_deref() != Ok("1") {
+        eprintln!("CUDA backend skipped: set LORAC_TEST_CUDA=1 on a machine with an NVIDIA GPU");
+        return false;
+    }
+    if let Err(d) = lorac_runtime::exec::Backend::Cuda.available() {
+        panic!(
+            "LORAC_TEST_CUDA=1 but the CUDA backend is unavailable: {} ({})",
+            d.message, d.code
+        );
+    }
+    true
+}
