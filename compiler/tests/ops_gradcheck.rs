@@ -1556,3 +1556,76 @@ fn grad_rejects_a_non_scalar_loss() {
     let s = g.sum(s, 1).unwrap();
     assert!(grad(&mut g, s, &[x]).unwrap()[0].is_some());
 }
+
+/// Routed dropout is linear in its values, and its transpose form is its adjoint:
+/// ⟨RD(x), y⟩ = ⟨x, RDᵀ(y)⟩; each slot equals `Dropout` with its expert's salt.
+#[test]
+fn routed_dropout_adjoint_and_masks() {
+    use lorac_compiler::ir::ops::eval;
+    use lorac_compiler::ir::{Op, Tensor};
+    let (t, n, e, k) = (5, 7, 4, 2);
+    let x: Vec<f32> = (0..t * n)
+        .map(|i| ((i * 37 % 11) as f32 - 5.0) / 3.0)
+        .collect();
+    let y: Vec<f32> = (0..t * k * n)
+        .map(|i| ((i * 13 % 7) as f32 - 3.0) / 2.0)
+        .collect();
+    // Rows select experts {0, 2}, {1, 3}, {2, 3}, {0, 1}, {1, 2}.
+    let sel = [[0, 2], [1, 3], [2, 3], [0, 1], [1, 2]];
+    let mut m = vec![0f32; t * e];
+    for (r, s) in sel.iter().enumerate() {
+        for &x in s {
+            m[r * e + x] = 1.0;
+        }
+    }
+    let salts = vec![11, 22, 33, 44];
+    let op = |transpose| Op::RoutedDropout {
+        p: 0.4,
+        salts: salts.clone(),
+        k,
+        transpose,
+    };
+    let (xt, mt, st) = (
+        Tensor::f32(vec![t, n], x.clone()),
+        Tensor::f32(vec![t, e], m),
+        Tensor::i64(vec![1], vec![123]),
+    );
+    let fwd = eval(&op(false), &[&xt, &mt, &st]).unwrap();
+    let yt = Tensor::f32(vec![t, k, n], y.clone());
+    let adj = eval(&op(true), &[&yt, &mt, &st]).unwrap();
+    let lhs: f64 = fwd
+        .f()
+        .iter()
+        .zip(&y)
+        .map(|(a, b)| (*a as f64) * (*b as f64))
+        .sum();
+    let rhs: f64 = adj
+        .f()
+        .iter()
+        .zip(&x)
+        .map(|(a, b)| (*a as f64) * (*b as f64))
+        .sum();
+    // f32 products and slot sums: agreement to f32 rounding.
+    assert!(
+        (lhs - rhs).abs() < 1e-6 * lhs.abs().max(1.0),
+        "{lhs} vs {rhs}"
+    );
+    // Slot i of row r is plain dropout of x with the salt of the row's i-th expert.
+    for (r, s) in sel.iter().enumerate() {
+        for (i, &ex) in s.iter().enumerate() {
+            let d = eval(
+                &Op::Dropout {
+                    p: 0.4,
+                    salt: salts[ex],
+                },
+                &[&xt, &st],
+            )
+            .unwrap();
+            assert_eq!(
+                &fwd.f()[(r * k + i) * n..(r * k + i + 1) * n],
+                &d.f()[r * n..(r + 1) * n],
+                "row {r} slot {i}"
+            );
+        }
+    }
+}

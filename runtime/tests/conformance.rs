@@ -376,3 +376,33 @@ fn dropout_masks_match() {
         c.check(&format!("dropout[{n}]"), EW);
     }
 }
+
+/// Top-k sparse dispatch: the slot one-hots and the routed dropout (and its adjoint) of each
+/// row's selected experts equal the reference.
+#[test]
+fn routed_dispatch_matches() {
+    for n in SIZES {
+        for k in [1, 2, 3] {
+            let mut c = Case::new(900 + n as u64 + k as u64);
+            let rows = 37;
+            let x = c.input("x", &[rows, n], -1.0, 1.0);
+            let logits = c.input("logits", &[rows, 8], -2.0, 2.0);
+            let mask = c.g.add(Op::TopKMask { k }, &[logits]).unwrap();
+            let s = c.ids("seed", &[1], 1 << 40);
+            let salts: Vec<u64> = (0..8).map(|e| 0x51ed + 3 * e).collect();
+            let routed = |transpose| Op::RoutedDropout {
+                p: 0.25,
+                salts: salts.clone(),
+                k,
+                transpose,
+            };
+            let y = c.g.add(routed(false), &[x, mask, s]).unwrap();
+            let back = c.g.add(routed(true), &[y, mask, s]).unwrap();
+            let slots = c.g.add(Op::SlotExperts { k }, &[mask]).unwrap();
+            c.g.set_output("y", y);
+            c.g.set_output("back", back);
+            c.g.set_output("slots", slots);
+            c.check(&format!("routed_dropout[{n}, k={k}]"), EW);
+        }
+    }
+}

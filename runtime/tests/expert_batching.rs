@@ -4,6 +4,7 @@
 //! f32 summation-order noise, and the batched graph has far fewer products.
 
 use lorac_compiler::build::loss::gradient_graph;
+use lorac_compiler::build::lower::DROPOUT_SEED;
 use lorac_compiler::build::{forward_with, BuildOptions, Geometry};
 use lorac_compiler::check::check_file;
 use lorac_compiler::ir::interp::run_outputs;
@@ -14,6 +15,91 @@ use rand_chacha::ChaCha8Rng;
 use std::collections::HashMap;
 use std::path::Path;
 
+/// Loss and gradients of `spec` built unrolled and batched (reference interpreter, 2 × 16
+/// tokens), with the number of products and of routed-dropout nodes of each graph.
+fn both(
+    spec_path: &Path,
+    training: bool,
+    seed: i64,
+) -> Vec<(usize, usize, HashMap<String, Tensor>)> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let geo = Geometry { batch: 2, seq: 16 };
+    let spec = check_file(spec_path).spec.unwrap();
+    let task = spec.train.as_ref().unwrap().task.clone();
+    let mut runs = vec![];
+    for batch_experts in [false, true] {
+        let opts = BuildOptions {
+            batch_experts,
+            training,
+        };
+        let mut f = forward_with(&spec, geo, opts).unwrap();
+        gradient_graph(&mut f, &task).unwrap();
+        let count = |pick: fn(&Op) -> bool| {
+            f.graph
+                .g
+                .node_indices()
+                .filter(|&i| pick(&f.graph.node(i).op))
+                .count()
+        };
+        let products = count(|o| matches!(o, Op::MatMul));
+        let routed = count(|o| matches!(o, Op::RoutedDropout { .. }));
+        let shapes: HashMap<String, Vec<usize>> = f
+            .params
+            .iter()
+            .map(|p| (p.name.clone(), p.shape.clone()))
+            .collect();
+        let mut inputs =
+            weights::load(&root.join("assets/minilm/model.safetensors"), None).unwrap();
+        let values = init::initialize(&spec, &shapes, &mut inputs, 1).unwrap();
+        inputs.extend(values);
+        // B starts at zero in some methods: give every parameter a random value so every
+        // path carries signal.
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        for p in &f.params {
+            let n: usize = p.shape.iter().product();
+            let v = (0..n).map(|_| rng.random_range(-0.05..0.05)).collect();
+            inputs.insert(p.name.clone(), Tensor::f32(p.shape.clone(), v));
+        }
+        let n = geo.batch * geo.seq;
+        let ids = (0..n).map(|i| 1000 + (i as i64 * 37) % 5000).collect();
+        inputs.insert("input_ids".into(), Tensor::i64(vec![2, 16], ids));
+        inputs.insert(
+            "token_type_ids".into(),
+            Tensor::i64(vec![2, 16], vec![0; n]),
+        );
+        inputs.insert(
+            "attention_mask".into(),
+            Tensor::f32(vec![2, 16], vec![1.0; n]),
+        );
+        inputs.insert("labels".into(), Tensor::i64(vec![2], vec![0, 1]));
+        inputs.insert(DROPOUT_SEED.into(), Tensor::i64(vec![1], vec![seed]));
+        let out: HashMap<String, Tensor> = run_outputs(&f.graph, &inputs)
+            .unwrap()
+            .into_iter()
+            .collect();
+        runs.push((products, routed, out));
+    }
+    runs
+}
+
+fn assert_close(name: &str, runs: &[(usize, usize, HashMap<String, Tensor>)]) {
+    let (p_unrolled, want) = (runs[0].0, &runs[0].2);
+    let (p_batched, got) = (runs[1].0, &runs[1].2);
+    assert!(
+        p_batched * 2 < p_unrolled,
+        "{name}: {p_batched} products batched vs {p_unrolled} unrolled"
+    );
+    for (k, w) in want {
+        let g = &got[k];
+        let scale = w.f().iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
+        let diff = w.max_abs_diff(g);
+        assert!(
+            diff <= 1e-4 * scale,
+            "{name}/{k}: batched differs by {diff:e} (scale {scale:e})"
+        );
+    }
+}
+
 #[test]
 fn batched_and_unrolled_expert_sums_agree() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
@@ -21,74 +107,65 @@ fn batched_and_unrolled_expert_sums_agree() {
         eprintln!("skipped: run scripts/fetch-assets first");
         return;
     }
-    let geo = Geometry { batch: 2, seq: 16 };
     for name in ["goat", "molora"] {
-        let spec = check_file(&root.join(format!("examples/{name}.lora")))
-            .spec
-            .unwrap();
-        let task = spec.train.as_ref().unwrap().task.clone();
-        let mut runs = vec![];
-        for batch_experts in [false, true] {
-            let opts = BuildOptions {
-                batch_experts,
-                ..Default::default()
-            };
-            let mut f = forward_with(&spec, geo, opts).unwrap();
-            gradient_graph(&mut f, &task).unwrap();
-            let products = f
-                .graph
-                .g
-                .node_indices()
-                .filter(|&i| matches!(f.graph.node(i).op, Op::MatMul))
-                .count();
-            let shapes: HashMap<String, Vec<usize>> = f
-                .params
-                .iter()
-                .map(|p| (p.name.clone(), p.shape.clone()))
-                .collect();
-            let mut inputs =
-                weights::load(&root.join("assets/minilm/model.safetensors"), None).unwrap();
-            let values = init::initialize(&spec, &shapes, &mut inputs, 1).unwrap();
-            inputs.extend(values);
-            // B starts at zero in some methods: give every parameter a random value so every
-            // path carries signal.
-            let mut rng = ChaCha8Rng::seed_from_u64(5);
-            for p in &f.params {
-                let n: usize = p.shape.iter().product();
-                let v = (0..n).map(|_| rng.random_range(-0.05..0.05)).collect();
-                inputs.insert(p.name.clone(), Tensor::f32(p.shape.clone(), v));
-            }
-            let n = geo.batch * geo.seq;
-            let ids = (0..n).map(|i| 1000 + (i as i64 * 37) % 5000).collect();
-            inputs.insert("input_ids".into(), Tensor::i64(vec![2, 16], ids));
-            inputs.insert(
-                "token_type_ids".into(),
-                Tensor::i64(vec![2, 16], vec![0; n]),
-            );
-            inputs.insert(
-                "attention_mask".into(),
-                Tensor::f32(vec![2, 16], vec![1.0; n]),
-            );
-            inputs.insert("labels".into(), Tensor::i64(vec![2], vec![0, 1]));
-            let out: HashMap<String, Tensor> = run_outputs(&f.graph, &inputs)
-                .unwrap()
-                .into_iter()
-                .collect();
-            runs.push((products, out));
-        }
-        let ((p_unrolled, want), (p_batched, got)) = (&runs[0], &runs[1]);
-        assert!(
-            p_batched * 2 < *p_unrolled,
-            "{name}: {p_batched} products batched vs {p_unrolled} unrolled"
-        );
-        for (k, w) in want {
-            let g = &got[k];
-            let scale = w.f().iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
-            let diff = w.max_abs_diff(g);
-            assert!(
-                diff <= 1e-4 * scale,
-                "{name}/{k}: batched differs by {diff:e} (scale {scale:e})"
-            );
-        }
+        let runs = both(&root.join(format!("examples/{name}.lora")), false, 0);
+        assert_close(name, &runs);
     }
+}
+
+/// With per-expert dropout (GOAT's bench spec, p = 0.05) the batched training graph
+/// dispatches the routed tokens (`RoutedDropout`, one per module) and draws exactly the
+/// masks the unrolled sum draws for the selected experts: same loss and gradients.
+#[test]
+fn top_k_dispatch_with_per_expert_dropout_equals_the_unrolled_sum() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    if !root.join("assets/minilm/model.safetensors").is_file() {
+        eprintln!("skipped: run scripts/fetch-assets first");
+        return;
+    }
+    let spec = root.join("benches/specs/goat_all.lora");
+    let runs = both(&spec, true, 77);
+    assert_eq!(runs[0].1, 0, "the unrolled graph has no routed dispatch");
+    // One forward node per module (36) and the adjoint in the backward pass of all but
+    // layer 0's query, key and value, whose input (the frozen embeddings) needs no gradient.
+    assert_eq!(
+        runs[1].1,
+        36 + 33,
+        "routed dispatch nodes in the batched graph"
+    );
+    assert_close("goat_all (training)", &runs);
+    // The masks are live: another step's seed changes the loss.
+    let other = both(&spec, true, 78);
+    assert_ne!(other[1].2["loss"].f()[0], runs[1].2["loss"].f()[0]);
+}
+
+/// A dense softmax router weighs every expert: its per-expert dropout sum must not be
+/// dispatched to one expert (its top-1 mask only serves `balance`); it stays unrolled.
+#[test]
+fn a_dense_router_with_dropout_is_not_dispatched() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    if !root.join("assets/minilm/model.safetensors").is_file() {
+        eprintln!("skipped: run scripts/fetch-assets first");
+        return;
+    }
+    let d = std::env::temp_dir().join(format!("lorac-loramoe-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    let spec = d.join("loramoe.lora");
+    std::fs::write(
+        &spec,
+        format!(
+            "import std.loramoe\nmodel bert(\"{m}\")\n\
+             attach LoRAMoE(E = 3, r = 2, p_drop = 0.1) to encoder.layer.*.attention.self.query\n\
+             train {{\n  data(train = \"{t}\")\n  task classification(labels = 2)\n  \
+             optimizer adamw(lr = 1e-3)\n  steps 1\n}}\n",
+            m = root.join("assets/minilm").display(),
+            t = root.join("assets/spam/dev.jsonl").display(),
+        ),
+    )
+    .unwrap();
+    let runs = both(&spec, true, 5);
+    assert_eq!(runs[1].1, 0, "no routed dispatch behind a dense router");
+    let (want, got) = (&runs[0].2, &runs[1].2);
+    assert_eq!(want["loss"].f(), got["loss"].f(), "the same unrolled sum");
+    let _ = std::fs::remove_dir_all(&d);
 }

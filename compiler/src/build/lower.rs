@@ -22,12 +22,24 @@ pub struct ParamInfo {
     pub experts: Option<usize>,
 }
 
-/// Router provenance: what `balance` needs.
+/// The stacked factors of an expert sum: `A[E, d, n]`, `B[E, m, d]`.
+struct RoutedFactors {
+    a: NodeId,
+    b: NodeId,
+    d: usize,
+    n: usize,
+    m: usize,
+}
+
+/// Router provenance: what `balance` and top-k dispatch need.
 #[derive(Clone, Copy, Debug)]
 struct Gate {
     probs: NodeId,
     mask: NodeId,
     k: usize,
+    /// The gate is zero outside `mask` (a top-k router), so only the masked experts count;
+    /// a dense softmax gate's mask only serves `balance`.
+    sparse: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -446,6 +458,7 @@ impl<'a> Lowerer<'a> {
                         probs: p,
                         mask,
                         k: 1,
+                        sparse: false,
                     },
                 );
                 LVal::Node(p)
@@ -472,7 +485,15 @@ impl<'a> Lowerer<'a> {
                     kept
                 };
                 let probs = self.gates.get(&p).map(|x| x.probs).unwrap_or(p);
-                self.gates.insert(w, Gate { probs, mask, k });
+                self.gates.insert(
+                    w,
+                    Gate {
+                        probs,
+                        mask,
+                        k,
+                        sparse: true,
+                    },
+                );
                 LVal::Node(w)
             }
             "stop_grad" => match self.expr(g, need(a0)?)? {
@@ -585,9 +606,13 @@ impl<'a> Lowerer<'a> {
             .ok_or_else(|| IrError(format!("`{var}` is not an experts variable")))?;
         if self.batch_experts {
             if let Some(m) = super::batch::low_rank_sum(body, var) {
+                let sites = self.sites;
                 if let Some(v) = self.stacked_sum(g, &m, count)? {
                     return Ok(LVal::Node(v));
                 }
+                // A declined attempt leaves dead nodes only: the unrolled sum numbers its
+                // dropout sites as if batching were off, so both builds draw the same masks.
+                self.sites = sites;
             }
         }
         let mut acc: Option<LVal> = None;
@@ -631,16 +656,34 @@ impl<'a> Lowerer<'a> {
             },
             None => None,
         };
+        let s0 = self.sites;
         let x = self.node(g, m.x)?;
-        // In training, a dropout inside the body draws a mask per expert, which one shared
-        // stacked product cannot express: such sums stay unrolled (the node built here is
-        // dead and removed by DCE).
-        if matches!(g.node(x).op, Op::Dropout { .. }) {
-            return Ok(None);
-        }
         let xs = g.shape(x).to_vec();
         if xs.last() != Some(&n) {
             return Ok(None);
+        }
+        // In training, a dropout inside the body draws a mask per expert, which one shared
+        // stacked product cannot express. Behind a top-k router only the selected experts'
+        // masks matter: top-k sparse dispatch draws exactly those (salts as the unrolled sum
+        // would number its sites). Otherwise the sum stays unrolled (the node built here is
+        // dead and removed by DCE).
+        if let Op::Dropout { p, .. } = g.node(x).op {
+            let routed = gate.and_then(|gn| {
+                let r = self.gates.get(&gn).copied().filter(|r| r.sparse)?;
+                Some((gn, r))
+            });
+            let (Some((gn, router)), 1) = (routed, self.sites - s0) else {
+                return Ok(None);
+            };
+            let ins = g.inputs(x);
+            let salts = (0..count as u64)
+                .map(|e| self.salt.wrapping_add(s0 + 1 + e))
+                .collect();
+            self.sites = s0 + count as u64;
+            let f = RoutedFactors { a, b, d, n, m: mm };
+            return self
+                .routed_sum(g, ins[0], ins[1], p, salts, gn, router, &f)
+                .map(Some);
         }
         let a_all = g.reshape(a, &[count * d, n])?;
         let at = g.t(a_all)?;
@@ -662,6 +705,59 @@ impl<'a> Lowerer<'a> {
         let bp = g.permute(b, &[0, 2, 1])?;
         let b_all = g.reshape(bp, &[count * d, mm])?;
         Ok(Some(g.matmul(h, b_all)?))
+    }
+
+    /// Top-k sparse dispatch of `Σ_e w[:, e] · (dropout_e(x) A[e]ᵀ) B[e]ᵀ`: each row's k
+    /// routed copies of `x` get their expert's mask (`RoutedDropout`), one product projects
+    /// every copy on the stacked `A`, the selected expert's block is kept and weighted
+    /// (`SlotExperts` ⊙ w), the copies are summed, and one product applies the stacked `B`.
+    #[allow(clippy::too_many_arguments)]
+    fn routed_sum(
+        &mut self,
+        g: &mut Graph,
+        x: NodeId,
+        seed: NodeId,
+        p: f32,
+        salts: Vec<u64>,
+        w: NodeId,
+        router: Gate,
+        f: &RoutedFactors,
+    ) -> R<NodeId> {
+        let xs = g.shape(x).to_vec();
+        let e = salts.len();
+        let (k, d) = (router.k, f.d);
+        let t: usize = xs[..xs.len() - 1].iter().product();
+        let xf = g.reshape(x, &[t, f.n])?;
+        let mask = g.reshape(router.mask, &[t, e])?;
+        let wf = g.reshape(w, &[t, e])?;
+        let op = Op::RoutedDropout {
+            p,
+            salts,
+            k,
+            transpose: false,
+        };
+        let xd = g.add(op, &[xf, mask, seed])?;
+        let xd = g.reshape(xd, &[t * k, f.n])?;
+        let a_all = g.reshape(f.a, &[e * d, f.n])?;
+        let at = g.t(a_all)?;
+        let u = g.matmul(xd, at)?;
+        let u = g.reshape(u, &[t, k, e, d])?;
+        // Slot i keeps its own expert's block, weighted by that expert's gate value.
+        let sel = g.add(Op::SlotExperts { k }, &[mask])?;
+        let w3 = g.reshape(wf, &[t, 1, e])?;
+        let w3 = g.bc(w3, &[t, k, e])?;
+        let sw = g.times(sel, w3)?;
+        let sw = g.reshape(sw, &[t, k, e, 1])?;
+        let sw = g.bc(sw, &[t, k, e, d])?;
+        let z = g.times(u, sw)?;
+        let z = g.sum(z, 1)?;
+        let z = g.reshape(z, &[t, e * d])?;
+        let bp = g.permute(f.b, &[0, 2, 1])?;
+        let b_all = g.reshape(bp, &[e * d, f.m])?;
+        let out = g.matmul(z, b_all)?;
+        let mut os = xs[..xs.len() - 1].to_vec();
+        os.push(f.m);
+        g.reshape(out, &os)
     }
 
     fn expert_count(&mut self, g: &mut Graph, var: &str) -> R<Option<usize>> {

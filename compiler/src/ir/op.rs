@@ -138,6 +138,20 @@ pub enum Op {
     /// Seeded dropout of operand 0 with drop probability `p`; operand 1 is the run's i64 seed,
     /// `salt` tells sites apart (`ops/random.rs`).
     Dropout { p: f32, salt: u64 },
+    /// Dropout of routed tokens, one mask per selected expert (top-k sparse dispatch,
+    /// `ops/random.rs`): operands `x[T, n]`, the router's top-k mask `[T, E]` and the seed give
+    /// `[T, k, n]`, slot `i` of row `t` holding `x[t]` under the mask expert `e` (the row's
+    /// `i`-th selected one) would draw with `Dropout { p, salt: salts[e] }` over `x`. With
+    /// `transpose`, the adjoint: `[T, k, n]` → `[T, n]`, the masked slots summed.
+    RoutedDropout {
+        p: f32,
+        salts: Vec<u64>,
+        k: usize,
+        transpose: bool,
+    },
+    /// A top-k mask `[T, E]` → `[T, k, E]`: slot `i` is one-hot on the row's `i`-th selected
+    /// expert in index order (all zero when the row selects fewer).
+    SlotExperts { k: usize },
     /// Element type conversion (1 operand).
     Cast { to: DType },
     /// `X = (A + δI)⁻¹ B` for small SPD blocks `A[..., d, d]`, `B[..., d, c]`; identity when the
@@ -171,6 +185,13 @@ impl Op {
             Op::TopKMask { k } => format!("topk_mask[{k}]"),
             Op::StopGrad => "stop_grad".into(),
             Op::Dropout { p, salt } => format!("dropout[{p}, {salt:#x}]"),
+            Op::RoutedDropout {
+                p, k, transpose, ..
+            } => format!(
+                "routed_dropout{}[{p}, k={k}]",
+                if *transpose { "_t" } else { "" }
+            ),
+            Op::SlotExperts { k } => format!("slot_experts[{k}]"),
             Op::Cast { to } => format!("cast[{to:?}]"),
             Op::SpdSolve { damping } => format!("spd_solve[{damping}]"),
         }

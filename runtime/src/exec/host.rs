@@ -3,6 +3,7 @@
 
 use lorac_compiler::ir::tensor::{numel, strides};
 use lorac_compiler::ir::{ops, Data, Op, Tensor};
+use rayon::prelude::*;
 
 /// A read-only operand: its data and shape.
 pub enum In<'a> {
@@ -157,10 +158,27 @@ pub fn run(op: &Op, ins: &[In<'_>], out: &mut Out<'_>, shape: &[usize]) -> Resul
         },
         Op::Dropout { p, salt } => {
             if let (In::F(x, _), In::I(seed, _), Out::F(o)) = (&ins[0], &ins[1], &mut *out) {
-                let seed = seed.first().copied().unwrap_or(0) as u64;
-                for (i, (o, &v)) in o.iter_mut().zip(x.iter()).enumerate() {
-                    *o = v * ops::random::factor(seed, *salt, i as u64, *p);
-                }
+                let st = ops::random::stream(seed.first().copied().unwrap_or(0) as u64, *salt);
+                const CHUNK: usize = 1 << 14;
+                o.par_chunks_mut(CHUNK).enumerate().for_each(|(c, oc)| {
+                    for (j, o) in oc.iter_mut().enumerate() {
+                        let i = c * CHUNK + j;
+                        *o = x[i] * ops::random::factor_at(st, i as u64, *p);
+                    }
+                });
+                return Ok(());
+            }
+        }
+        Op::RoutedDropout {
+            p,
+            salts,
+            k,
+            transpose,
+        } => {
+            if let (In::F(x, _), In::F(mask, ms), In::I(seed, _), Out::F(o)) =
+                (&ins[0], &ins[1], &ins[2], &mut *out)
+            {
+                routed_dropout(x, mask, ms[1], seed, *p, salts, *k, *transpose, o);
                 return Ok(());
             }
         }
@@ -189,4 +207,45 @@ pub fn run(op: &Op, ins: &[In<'_>], out: &mut Out<'_>, shape: &[usize]) -> Resul
         _ => return Err(format!("{}: result does not fit its buffer", op.name())),
     }
     Ok(())
+}
+
+/// `Op::RoutedDropout` (ops/routing.rs), parallel over rows: each row reads its selected
+/// experts from the mask and draws each slot's mask from that expert's stream.
+#[allow(clippy::too_many_arguments)]
+fn routed_dropout(
+    x: &[f32],
+    mask: &[f32],
+    experts: usize,
+    seed: &[i64],
+    p: f32,
+    salts: &[u64],
+    k: usize,
+    transpose: bool,
+    out: &mut [f32],
+) {
+    let seed = seed.first().copied().unwrap_or(0) as u64;
+    let streams: Vec<u64> = salts
+        .iter()
+        .map(|&s| ops::random::stream(seed, s))
+        .collect();
+    let rows = mask.len() / experts.max(1);
+    let n = out.len() / (rows * if transpose { 1 } else { k }).max(1);
+    let per_row = if transpose { n } else { k * n };
+    out.par_chunks_mut(per_row.max(1))
+        .enumerate()
+        .for_each(|(r, o)| {
+            o.fill(0.0);
+            let sel = ops::routing::selected(&mask[r * experts..(r + 1) * experts], k);
+            for (i, e) in sel.enumerate() {
+                let st = streams[e];
+                for j in 0..n {
+                    let f = ops::random::factor_at(st, (r * n + j) as u64, p);
+                    if transpose {
+                        o[j] += x[(r * k + i) * n + j] * f;
+                    } else {
+                        o[i * n + j] = x[r * n + j] * f;
+                    }
+                }
+            }
+        });
 }

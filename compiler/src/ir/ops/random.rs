@@ -8,25 +8,45 @@ use crate::ir::op::{DType, Op};
 use crate::ir::tensor::Tensor;
 
 /// splitmix64's finaliser: a bijective 64-bit mix.
+#[inline]
 fn mix(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)
 }
 
-/// True when element `i` is kept: its uniform draw in [0, 1) (24 bits) is at least `p`.
-pub fn keep(seed: u64, salt: u64, i: u64, p: f32) -> bool {
-    let h = mix(mix(seed ^ salt.wrapping_mul(0x9e37_79b9_7f4a_7c15)).wrapping_add(i));
+/// The stream of one (seed, site): element `i`'s draw is `mix(stream + i)`.
+#[inline]
+pub fn stream(seed: u64, salt: u64) -> u64 {
+    mix(seed ^ salt.wrapping_mul(0x9e37_79b9_7f4a_7c15))
+}
+
+/// True when element `i` of a stream is kept: its uniform draw in [0, 1) (24 bits) is at
+/// least `p`.
+#[inline]
+pub fn keep_at(stream: u64, i: u64, p: f32) -> bool {
+    let h = mix(stream.wrapping_add(i));
     ((h >> 40) as f32) * (1.0 / 16_777_216.0) >= p
 }
 
-/// The per-element factor: `1 / (1 − p)` when kept, else 0.
-pub fn factor(seed: u64, salt: u64, i: u64, p: f32) -> f32 {
-    if keep(seed, salt, i, p) {
+/// True when element `i` is kept: its uniform draw in [0, 1) (24 bits) is at least `p`.
+pub fn keep(seed: u64, salt: u64, i: u64, p: f32) -> bool {
+    keep_at(stream(seed, salt), i, p)
+}
+
+/// The per-element factor of a stream: `1 / (1 − p)` when kept, else 0.
+#[inline]
+pub fn factor_at(stream: u64, i: u64, p: f32) -> f32 {
+    if keep_at(stream, i, p) {
         1.0 / (1.0 - p)
     } else {
         0.0
     }
+}
+
+/// The per-element factor: `1 / (1 − p)` when kept, else 0.
+pub fn factor(seed: u64, salt: u64, i: u64, p: f32) -> f32 {
+    factor_at(stream(seed, salt), i, p)
 }
 
 /// Shape rule: `x` f32 of any shape, the seed one i64.
