@@ -161,9 +161,9 @@ pub fn run(op: &Op, ins: &[In<'_>], out: &mut Out<'_>, shape: &[usize]) -> Resul
                 let st = ops::random::stream(seed.first().copied().unwrap_or(0) as u64, *salt);
                 const CHUNK: usize = 1 << 14;
                 o.par_chunks_mut(CHUNK).enumerate().for_each(|(c, oc)| {
-                    for (j, o) in oc.iter_mut().enumerate() {
-                        let i = c * CHUNK + j;
-                        *o = x[i] * ops::random::factor_at(st, i as u64, *p);
+                    super::mask::factors(st, (c * CHUNK) as u64, *p, oc);
+                    for (o, &v) in oc.iter_mut().zip(&x[c * CHUNK..]) {
+                        *o *= v;
                     }
                 });
                 return Ok(());
@@ -233,19 +233,26 @@ fn routed_dropout(
     let per_row = if transpose { n } else { k * n };
     out.par_chunks_mut(per_row.max(1))
         .enumerate()
-        .for_each(|(r, o)| {
-            o.fill(0.0);
-            let sel = ops::routing::selected(&mask[r * experts..(r + 1) * experts], k);
-            for (i, e) in sel.enumerate() {
-                let st = streams[e];
-                for j in 0..n {
-                    let f = ops::random::factor_at(st, (r * n + j) as u64, p);
+        .for_each_init(
+            || vec![0f32; n],
+            |f, (r, o)| {
+                o.fill(0.0);
+                let sel = ops::routing::selected(&mask[r * experts..(r + 1) * experts], k);
+                for (i, e) in sel.enumerate() {
+                    super::mask::factors(streams[e], (r * n) as u64, p, f);
                     if transpose {
-                        o[j] += x[(r * k + i) * n + j] * f;
+                        let xs = &x[(r * k + i) * n..(r * k + i + 1) * n];
+                        for ((o, &v), &f) in o.iter_mut().zip(xs).zip(f.iter()) {
+                            *o += v * f;
+                        }
                     } else {
-                        o[i * n + j] = x[r * n + j] * f;
+                        let xs = &x[r * n..(r + 1) * n];
+                        for ((o, &v), &f) in o[i * n..(i + 1) * n].iter_mut().zip(xs).zip(f.iter())
+                        {
+                            *o = v * f;
+                        }
                     }
                 }
-            }
-        });
+            },
+        );
 }

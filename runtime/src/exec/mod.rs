@@ -5,6 +5,7 @@
 pub mod cpu;
 pub mod cuda;
 pub mod host;
+pub mod mask;
 
 use lorac_compiler::ir::{Graph, Tensor};
 pub use lorac_compiler::lower::cpu::CpuOptions;
