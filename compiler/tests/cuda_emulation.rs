@@ -167,7 +167,7 @@ fn generated_kernels_emulated_on_the_host_match_eval_host() {
     let ks = kernels();
     let shim = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cuda/shim.h");
     let mut src = format!("#include \"{}\"\n#include <cstdio>\n", shim.display());
-    src += source::PRELUDE;
+    src += &source::prelude();
     let mut main = String::from(
         "static std::vector<float> rd(const char* d, const char* f, size_t n) {\n  std::vector<float> v(n ? n : 1);\n  char p[4096]; snprintf(p, sizeof p, \"%s/%s\", d, f);\n  FILE* h = fopen(p, \"rb\"); if (!h || fread(v.data(), 4, n, h) != n) { fprintf(stderr, \"read %s\\n\", p); exit(1); } fclose(h); return v;\n}\nstatic void wr(const char* d, const char* f, const std::vector<float>& v, size_t n) {\n  char p[4096]; snprintf(p, sizeof p, \"%s/%s\", d, f);\n  FILE* h = fopen(p, \"wb\"); fwrite(v.data(), 4, n, h); fclose(h);\n}\nint main(int, char** argv) {\n  const char* d = argv[1];\n",
     );

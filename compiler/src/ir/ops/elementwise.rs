@@ -27,26 +27,41 @@ pub fn infer(op: &Op, ins: &Ins<'_>) -> Result<(Vec<usize>, DType), String> {
     }
 }
 
-/// erf with |error| < 1.2e-7 (Numerical Recipes' erfc Chebyshev fit), in f64.
-pub fn erf(x: f64) -> f64 {
+/// erf in f32: Numerical Recipes' erfc Chebyshev fit (fractional error < 1.2e-7) evaluated in
+/// f32, Horner in this order and `f32::exp` (glibc's `expf`), without contraction. The CPU and
+/// CUDA backends repeat these operations one for one, so results are bit-identical.
+pub fn erf(x: f32) -> f32 {
     let z = x.abs();
     let t = 1.0 / (1.0 + 0.5 * z);
-    let r = t
-        * (-z * z - 1.26551223
-            + t * (1.00002368
-                + t * (0.37409196
-                    + t * (0.09678418
-                        + t * (-0.18628806
-                            + t * (0.27886807
-                                + t * (-1.13520398
-                                    + t * (1.48851587 + t * (-0.82215223 + t * 0.17087277)))))))))
-            .exp();
+    let mut acc = ERF_COEFFS[0];
+    for &c in &ERF_COEFFS[1..] {
+        acc = c + t * acc;
+    }
+    let r = t * ((-(z * z) - ERF_C0) + t * acc).exp();
     if x >= 0.0 {
         1.0 - r
     } else {
         r - 1.0
     }
 }
+
+/// The erfc fit's Horner coefficients, highest degree first (as published; f32 rounds them).
+#[allow(clippy::excessive_precision)]
+pub const ERF_COEFFS: [f32; 9] = [
+    0.17087277,
+    -0.82215223,
+    1.48851587,
+    -1.13520398,
+    0.27886807,
+    -0.18628806,
+    0.09678418,
+    0.37409196,
+    1.00002368,
+];
+
+/// The fit's constant term (subtracted).
+#[allow(clippy::excessive_precision)]
+pub const ERF_C0: f32 = 1.26551223;
 
 /// The scalar function of a unary op.
 pub fn unary_fn(u: UnaryOp, x: f32) -> f32 {
@@ -57,7 +72,7 @@ pub fn unary_fn(u: UnaryOp, x: f32) -> f32 {
         UnaryOp::Sqrt => x.sqrt(),
         UnaryOp::Recip => 1.0 / x,
         UnaryOp::Tanh => x.tanh(),
-        UnaryOp::Erf => erf(x as f64) as f32,
+        UnaryOp::Erf => erf(x),
         UnaryOp::Abs => x.abs(),
         UnaryOp::Sigmoid => 1.0 / (1.0 + (-x).exp()),
         UnaryOp::Relu => x.max(0.0),

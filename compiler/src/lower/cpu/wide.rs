@@ -1,7 +1,6 @@
-//! `erf` (and the f64 `exp` it needs) evaluated in f64 inside f32 kernels: f32 lanes are
-//! widened to f64, the reference interpreter's f64 fit is computed with the same constants and
-//! operation order (exp to ~1e-14 relative) and rounded back, so results agree with the
-//! reference while staying vectorised (two f64x2 halves per f32x4).
+//! The transcendental functions whose bits must equal the reference interpreter's: glibc's
+//! `expf` (its f64 table algorithm on widened lanes, two f64x2 halves per f32x4) and `erf`
+//! (the reference's f32 operations in its order, on top of that `expf`).
 
 use cranelift_codegen::ir::condcodes::FloatCC;
 use cranelift_codegen::ir::{
@@ -40,91 +39,6 @@ impl W {
             b.ins().splat(types::I64X2, s)
         } else {
             s
-        }
-    }
-
-    /// e^x to ~1e-14 relative on the clamped range (degree-11 Taylor on |r| ≤ ln2/2).
-    /// Rounding to an integer uses the 1.5·2⁵² shift (adds only, no rounding instruction).
-    fn exp(&self, b: &mut FunctionBuilder, x: Value) -> Value {
-        let (lo, hi) = (self.k(b, -745.0), self.k(b, 709.0));
-        let x = b.ins().fmax(x, lo);
-        let x = b.ins().fmin(x, hi);
-        let l2e = self.k(b, std::f64::consts::LOG2_E);
-        let fx = b.ins().fmul(x, l2e);
-        let magic = self.k(b, 6_755_399_441_055_744.0);
-        let t = b.ins().fadd(fx, magic);
-        let n = b.ins().fsub(t, magic);
-        // ln 2 split so that n·hi is exact (fdlibm's constants).
-        let c1 = self.k(b, -f64::from_bits(0x3fe6_2e42_fee0_0000));
-        let c2 = self.k(b, -f64::from_bits(0x3dea_39ef_3579_3c76));
-        let r = b.ins().fma(n, c1, x);
-        let r = b.ins().fma(n, c2, r);
-        let mut p = self.k(b, 1.0 / 39_916_800.0);
-        for d in (0..=10).rev() {
-            let f: f64 = (1..=d).map(|i| i as f64).product();
-            let c = self.k(b, 1.0 / f);
-            p = b.ins().fma(p, r, c);
-        }
-        // 2^n as two factors 2^(n−n/2)·2^(n/2), so n down to −1075 stays representable.
-        let ti = b.ins().bitcast(self.int(), le(), t);
-        let mi = b.ins().bitcast(self.int(), le(), magic);
-        let ni = b.ins().isub(ti, mi);
-        let n1 = b.ins().sshr_imm_u(ni, 1);
-        let n2 = b.ins().isub(ni, n1);
-        let s1 = self.pow2i(b, n1);
-        let s2 = self.pow2i(b, n2);
-        let p = b.ins().fmul(p, s1);
-        b.ins().fmul(p, s2)
-    }
-
-    /// 2^i for integer i in [-1022, 1023].
-    fn pow2i(&self, b: &mut FunctionBuilder, i: Value) -> Value {
-        let bias = self.ik(b, 1023);
-        let e = b.ins().iadd(i, bias);
-        let e = b.ins().ishl_imm_u(e, 52);
-        b.ins().bitcast(self.ty, le(), e)
-    }
-
-    /// The reference's erf: Numerical Recipes' erfc fit, in f64.
-    fn erf(&self, b: &mut FunctionBuilder, x: Value) -> Value {
-        let z = b.ins().fabs(x);
-        let half = self.k(b, 0.5);
-        let one = self.k(b, 1.0);
-        let hz = b.ins().fmul(half, z);
-        let d = b.ins().fadd(one, hz);
-        let t = b.ins().fdiv(one, d);
-        let mut acc = self.k(b, 0.17087277);
-        for c in [
-            -0.82215223,
-            1.48851587,
-            -1.13520398,
-            0.27886807,
-            -0.18628806,
-            0.09678418,
-            0.37409196,
-            1.00002368,
-        ] {
-            let m = b.ins().fmul(t, acc);
-            let kc = self.k(b, c);
-            acc = b.ins().fadd(kc, m);
-        }
-        let zz = b.ins().fmul(z, z);
-        let nzz = b.ins().fneg(zz);
-        let c0 = self.k(b, 1.26551223);
-        let a = b.ins().fsub(nzz, c0);
-        let m = b.ins().fmul(t, acc);
-        let poly = b.ins().fadd(a, m);
-        let e = self.exp(b, poly);
-        let r = b.ins().fmul(t, e);
-        let pos = b.ins().fsub(one, r);
-        let neg = b.ins().fsub(r, one);
-        let zero = self.k(b, 0.0);
-        let c = b.ins().fcmp(FloatCC::GreaterThanOrEqual, x, zero);
-        if self.ty == types::F64X2 {
-            let m = b.ins().bitcast(types::F64X2, le(), c);
-            b.ins().bitselect(m, pos, neg)
-        } else {
-            b.ins().select(c, pos, neg)
         }
     }
 }
@@ -248,9 +162,42 @@ fn through_f64(
     b.ins().bitcast(types::F32X4, le(), j)
 }
 
-/// erf of an `F32` scalar or an `F32X4` vector, through f64.
+/// erf of an `F32` scalar or an `F32X4` vector: the reference's f32 operations in its order
+/// (`ops::elementwise::erf`), with glibc's `expf` below.
 pub fn erf(b: &mut FunctionBuilder, x: Value, ty: Type) -> Value {
-    through_f64(b, x, ty, |w, b, v| w.erf(b, v))
+    use crate::ir::ops::elementwise::{ERF_C0, ERF_COEFFS};
+    let k = |b: &mut FunctionBuilder, c: f32| {
+        let s = b.ins().f32const(c);
+        if ty == types::F32X4 {
+            b.ins().splat(types::F32X4, s)
+        } else {
+            s
+        }
+    };
+    let z = b.ins().fabs(x);
+    let (half, one) = (k(b, 0.5), k(b, 1.0));
+    let hz = b.ins().fmul(half, z);
+    let d = b.ins().fadd(one, hz);
+    let t = b.ins().fdiv(one, d);
+    let mut acc = k(b, ERF_COEFFS[0]);
+    for &c in &ERF_COEFFS[1..] {
+        let m = b.ins().fmul(t, acc);
+        let kc = k(b, c);
+        acc = b.ins().fadd(kc, m);
+    }
+    let zz = b.ins().fmul(z, z);
+    let nzz = b.ins().fneg(zz);
+    let c0 = k(b, ERF_C0);
+    let a = b.ins().fsub(nzz, c0);
+    let m = b.ins().fmul(t, acc);
+    let poly = b.ins().fadd(a, m);
+    let e = expf(b, poly, ty);
+    let r = b.ins().fmul(t, e);
+    let pos = b.ins().fsub(one, r);
+    let neg = b.ins().fsub(r, one);
+    let zero = k(b, 0.0);
+    let c = b.ins().fcmp(FloatCC::GreaterThanOrEqual, x, zero);
+    pick(b, ty, c, pos, neg)
 }
 
 fn pick(b: &mut FunctionBuilder, ty: Type, c: Value, yes: Value, no: Value) -> Value {

@@ -38,7 +38,7 @@ pub struct Module {
 /// layer's ops repeated per layer) share the first one's function, which cuts NVRTC and
 /// ptxas time and module size several-fold on a deep model.
 pub fn module(kernels: &[Kernel]) -> Module {
-    let mut s = String::from(source::PRELUDE);
+    let mut s = source::prelude();
     let mut seen: std::collections::HashMap<String, String> = Default::default();
     let mut function = Vec::with_capacity(kernels.len());
     for k in kernels {
