@@ -31,6 +31,7 @@ fn both(
         let opts = BuildOptions {
             batch_experts,
             training,
+            ..Default::default()
         };
         let mut f = forward_with(&spec, geo, opts).unwrap();
         gradient_graph(&mut f, &task).unwrap();

@@ -268,9 +268,12 @@ fn measure(
     geo: Geometry,
 ) -> Result<(GraphWork, Vec<build::lower::ParamInfo>), Box<Diagnostic>> {
     // Experts unrolled: the report counts each expert's work (k/E of it under top-k routing).
+    // Every token of every layer counts (model FLOPs), even where training skips the last
+    // layer's unread rows (`first_token_only`).
     let opts = build::BuildOptions {
         batch_experts: false,
         training: false,
+        first_token_only: false,
     };
     let mut fwd = build::forward_with(spec, geo, opts).map_err(|e| build_failed(e.0))?;
     let loss: NodeId = match &spec.train {

@@ -44,6 +44,10 @@ pub struct BuildOptions {
     pub batch_experts: bool,
     /// The training forward: dropout draws seeded masks (input `dropout_seed`).
     pub training: bool,
+    /// Only the first token of the last layer is read (BERT's pooler): that layer computes
+    /// keys and values for every token and the rest for the first (`hidden` is then
+    /// `[batch, 1, hidden]`). Callers set it through [`first_token_suffices`].
+    pub first_token_only: bool,
 }
 
 impl Default for BuildOptions {
@@ -51,6 +55,7 @@ impl Default for BuildOptions {
         BuildOptions {
             batch_experts: true,
             training: false,
+            first_token_only: false,
         }
     }
 }
@@ -98,6 +103,32 @@ impl LinearHook for AdapterHook<'_> {
     }
 }
 
+/// True when a training run of `spec` reads only the first token of BERT's last layer: the
+/// head reads the pooler or the first token's state, and no adapter of the last layer has an
+/// auxiliary loss (a balance loss averages over every token, so those rows stay live).
+pub fn first_token_suffices(spec: &Spec) -> bool {
+    let (Some(model), Some(train)) = (spec.model.as_ref(), spec.train.as_ref()) else {
+        return false;
+    };
+    let pooling_reads_first = match &train.task {
+        crate::check::train::Task::Classification { pooling, .. } => {
+            matches!(pooling.as_str(), "pooler" | "cls" | "default")
+        }
+        crate::check::train::Task::Regression => true,
+        crate::check::train::Task::CausalLm { .. } => false,
+    };
+    let last = model.config.layers.checked_sub(1);
+    let aux_in_last = spec.attachments.iter().any(|a| {
+        a.layer == last
+            && spec.adapters.get(&a.adapter).is_some_and(|d| {
+                d.body
+                    .iter()
+                    .any(|s| matches!(s, crate::syntax::ast::Stmt::Aux { .. }))
+            })
+    });
+    model.family == Family::Bert && pooling_reads_first && !aux_in_last
+}
+
 /// Builds the forward graph of a checked spec for the given batch geometry.
 pub fn forward(spec: &Spec, geo: Geometry) -> R<Forward> {
     forward_with(spec, geo, BuildOptions::default())
@@ -132,6 +163,7 @@ pub fn forward_with(spec: &Spec, geo: Geometry, opts: BuildOptions) -> R<Forward
                 &mut hook,
                 geo.batch,
                 geo.seq,
+                opts.first_token_only,
             )?;
             g.set_output("hidden", o.hidden);
             g.set_output("pooled", o.pooled);

@@ -4,7 +4,7 @@
 //! `loraC compile --emit cuda`.
 
 use super::lower::ParamInfo;
-use super::{forward, forward_with, loss, optim, BuildOptions, Geometry};
+use super::{forward_with, loss, optim, BuildOptions, Geometry};
 use crate::check::train::TrainConfig;
 use crate::check::Spec;
 use crate::ir::{Graph, R};
@@ -28,13 +28,20 @@ pub struct TrainGraphs {
 /// Builds and optimises the gradient, evaluation and update programs for `geo`.
 pub fn train_graphs(spec: &Spec, cfg: &TrainConfig, geo: Geometry) -> R<TrainGraphs> {
     // Training graph with seeded dropout masks; the evaluation graph without.
+    // Rows of the last layer nobody reads are not computed (`first_token_suffices`).
+    let first_token_only = super::first_token_suffices(spec);
     let train_opts = BuildOptions {
         training: true,
+        first_token_only,
         ..Default::default()
     };
     let mut fwd = forward_with(spec, geo, train_opts)?;
     let params = fwd.params.clone();
-    let mut eval = forward(spec, geo)?.graph;
+    let eval_opts = BuildOptions {
+        first_token_only,
+        ..Default::default()
+    };
+    let mut eval = forward_with(spec, geo, eval_opts)?.graph;
     eval.outputs.retain(|(n, _)| n == "logits");
     loss::add_loss(&mut eval, &cfg.task)?;
     crate::passes::optimize(&mut eval, |_, _| {})?;

@@ -8,13 +8,15 @@ use crate::ir::{DType, Graph, NodeId, UnaryOp, R};
 
 /// The graph nodes a BERT forward pass produces.
 pub struct BertOut {
-    /// Last hidden state `[batch, seq, hidden]`.
+    /// Last hidden state `[batch, seq, hidden]` (`[batch, 1, hidden]` with `first_only`).
     pub hidden: NodeId,
     /// Pooler output `[batch, hidden]`.
     pub pooled: NodeId,
 }
 
 /// Data inputs: `input_ids`, `token_type_ids` (i64 `[batch, seq]`), `attention_mask` (f32 `[batch, seq]`).
+/// `first_only`: nothing reads the last layer's other tokens (the pooler reads the first), so
+/// that layer computes keys and values for every token and everything else for the first.
 pub fn forward(
     g: &mut Graph,
     c: &ModelConfig,
@@ -22,6 +24,7 @@ pub fn forward(
     hook: &mut dyn LinearHook,
     batch: usize,
     seq: usize,
+    first_only: bool,
 ) -> R<BertOut> {
     let (h, heads) = (c.hidden, c.heads);
     let d = h / heads;
@@ -48,14 +51,25 @@ pub fn forward(
     let neg = g.reshape(neg, &[batch, 1, 1, seq])?;
     for l in 0..c.layers {
         let p = format!("encoder.layer.{l}");
-        let split = |g: &mut Graph, y: NodeId| -> R<NodeId> {
-            let y = g.reshape(y, &[batch, seq, heads, d])?;
+        // Query rows: every token, or only the first in a first-only last layer.
+        let rows = if first_only && l + 1 == c.layers {
+            1
+        } else {
+            seq
+        };
+        let split = |g: &mut Graph, y: NodeId, n: usize| -> R<NodeId> {
+            let y = g.reshape(y, &[batch, n, heads, d])?;
             g.permute(y, &[0, 2, 1, 3])
         };
-        let q = dense(g, hook, t, &format!("{p}.attention.self.query"), x)?;
+        let xq = if rows == seq {
+            x
+        } else {
+            g.slice(x, 1, 0, rows)?
+        };
+        let q = dense(g, hook, t, &format!("{p}.attention.self.query"), xq)?;
         let k = dense(g, hook, t, &format!("{p}.attention.self.key"), x)?;
         let v = dense(g, hook, t, &format!("{p}.attention.self.value"), x)?;
-        let (q, k, v) = (split(g, q)?, split(g, k)?, split(g, v)?);
+        let (q, k, v) = (split(g, q, rows)?, split(g, k, seq)?, split(g, v, seq)?);
         let kt = g.t(k)?;
         let s = g.matmul(q, kt)?;
         let s = g.scale(s, 1.0 / (d as f32).sqrt())?;
@@ -63,9 +77,9 @@ pub fn forward(
         let a = g.softmax(s)?;
         let ctx = g.matmul(a, v)?;
         let ctx = g.permute(ctx, &[0, 2, 1, 3])?;
-        let ctx = g.reshape(ctx, &[batch, seq, h])?;
+        let ctx = g.reshape(ctx, &[batch, rows, h])?;
         let o = dense(g, hook, t, &format!("{p}.attention.output.dense"), ctx)?;
-        let r = g.plus(o, x)?;
+        let r = g.plus(o, xq)?;
         let (w1, b1) = (
             frozen(g, t, &format!("{p}.attention.output.LayerNorm.weight"))?,
             frozen(g, t, &format!("{p}.attention.output.LayerNorm.bias"))?,

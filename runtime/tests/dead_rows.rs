@@ -1,0 +1,108 @@
+//! Dead-row elimination: when only BERT's pooled first token is read, the last layer computes
+//! keys and values for every token and the rest for the first. Loss and every gradient equal
+//! the full graph's (reference interpreter, f32 noise), with clearly fewer product FLOPs;
+//! specs whose last layer has a balance loss (which reads every token) keep the full layer.
+
+use lorac_compiler::build::loss::gradient_graph;
+use lorac_compiler::build::{first_token_suffices, forward_with, BuildOptions, Geometry};
+use lorac_compiler::check::check_file;
+use lorac_compiler::ir::interp::run_outputs;
+use lorac_compiler::ir::{Graph, Op, Tensor};
+use lorac_runtime::{init, weights};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::collections::HashMap;
+use std::path::Path;
+
+/// Sum of 2·m·k·n over the graph's matrix products.
+fn product_flops(g: &Graph) -> f64 {
+    g.g.node_indices()
+        .filter(|&i| matches!(g.node(i).op, Op::MatMul))
+        .map(|i| {
+            let a = g.shape(g.inputs(i)[0]).to_vec();
+            let out = g.node(i).shape.clone();
+            let k = a[a.len() - 1] as f64;
+            2.0 * k * out.iter().map(|&d| d as f64).product::<f64>()
+        })
+        .sum()
+}
+
+#[test]
+fn the_first_token_graph_equals_the_full_graph() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    if !root.join("assets/minilm/model.safetensors").is_file() {
+        eprintln!("skipped: run scripts/fetch-assets first");
+        return;
+    }
+    let check = |name: &str| check_file(&root.join(name)).spec.unwrap();
+    assert!(
+        !first_token_suffices(&check("examples/goat.lora")),
+        "balance loss in the last layer"
+    );
+    assert!(
+        !first_token_suffices(&check("examples/causal_lm.lora")),
+        "every token is scored"
+    );
+    let spec = check("examples/lora.lora");
+    assert!(first_token_suffices(&spec));
+    let geo = Geometry { batch: 2, seq: 16 };
+    let task = spec.train.as_ref().unwrap().task.clone();
+    let mut runs = vec![];
+    for first_token_only in [false, true] {
+        let opts = BuildOptions {
+            first_token_only,
+            ..Default::default()
+        };
+        let mut f = forward_with(&spec, geo, opts).unwrap();
+        gradient_graph(&mut f, &task).unwrap();
+        let shapes: HashMap<String, Vec<usize>> = f
+            .params
+            .iter()
+            .map(|p| (p.name.clone(), p.shape.clone()))
+            .collect();
+        let mut inputs =
+            weights::load(&root.join("assets/minilm/model.safetensors"), None).unwrap();
+        let values = init::initialize(&spec, &shapes, &mut inputs, 1).unwrap();
+        inputs.extend(values);
+        // Random B (it starts at zero) so every adapter carries signal.
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        for p in &f.params {
+            let n: usize = p.shape.iter().product();
+            let v = (0..n).map(|_| rng.random_range(-0.05..0.05)).collect();
+            inputs.insert(p.name.clone(), Tensor::f32(p.shape.clone(), v));
+        }
+        let n = geo.batch * geo.seq;
+        let ids = (0..n).map(|i| 1000 + (i as i64 * 53) % 7000).collect();
+        inputs.insert("input_ids".into(), Tensor::i64(vec![2, 16], ids));
+        inputs.insert(
+            "token_type_ids".into(),
+            Tensor::i64(vec![2, 16], vec![0; n]),
+        );
+        // The second sequence is padded after 11 tokens.
+        let mask = (0..n).map(|i| f32::from(i < 16 || i % 16 < 11)).collect();
+        inputs.insert("attention_mask".into(), Tensor::f32(vec![2, 16], mask));
+        inputs.insert("labels".into(), Tensor::i64(vec![2], vec![1, 0]));
+        let out: HashMap<String, Tensor> = run_outputs(&f.graph, &inputs)
+            .unwrap()
+            .into_iter()
+            .filter(|(k, _)| k == "loss" || k.starts_with("grad."))
+            .collect();
+        runs.push((product_flops(&f.graph), out));
+    }
+    let ((full_flops, want), (first_flops, got)) = (&runs[0], &runs[1]);
+    assert_eq!(want.len(), got.len());
+    for (k, w) in want {
+        let scale = w.f().iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
+        let diff = w.max_abs_diff(&got[k]);
+        assert!(
+            diff <= 1e-5 * scale,
+            "{k}: differs by {diff:e} (scale {scale:e})"
+        );
+    }
+    // Of six layers, the last keeps only its key/value products (and the first row of the
+    // rest): at least a tenth of the product work goes.
+    assert!(
+        *first_flops < 0.9 * full_flops,
+        "{first_flops:e} vs {full_flops:e} product FLOPs"
+    );
+}
