@@ -93,7 +93,11 @@ fn gradient_is_the_same_mask() {
     ]);
     let out: HashMap<String, Tensor> = run_outputs(&g, &inputs).unwrap().into_iter().collect();
     // With x = 1, y is the mask factor itself: d/dx Σ w·y = w · factor.
-    for i in 0..n {
-        assert_eq!(out["dx"].f()[i], wv[i] * out["y"].f()[i], "element {i}");
+    for (i, (&w, (&dx, &y))) in wv
+        .iter()
+        .zip(out["dx"].f().iter().zip(out["y"].f()))
+        .enumerate()
+    {
+        assert_eq!(dx, w * y, "element {i}");
     }
 }

@@ -90,20 +90,6 @@ pub fn load(path: &Path, names: Option<&[String]>) -> Result<HashMap<String, Ten
     Ok(out)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::f16_to_f32;
-
-    #[test]
-    fn f16_conversion_matches_known_values() {
-        assert_eq!(f16_to_f32(0x3c00), 1.0);
-        assert_eq!(f16_to_f32(0xc000), -2.0);
-        assert_eq!(f16_to_f32(0x3555), 0.333_251_95);
-        assert_eq!(f16_to_f32(0x0001), 5.960_464_5e-8);
-        assert!(f16_to_f32(0x7c00).is_infinite());
-    }
-}
-
 /// Writes f32 tensors to a safetensors file atomically (temp file, fsync, rename), so an
 /// interrupted write never leaves a corrupt file behind.
 pub fn save_atomic(path: &Path, tensors: &HashMap<String, Tensor>) -> Result<(), String> {
@@ -172,4 +158,18 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<(), String> {
         let _ = d.sync_all();
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::f16_to_f32;
+
+    #[test]
+    fn f16_conversion_matches_known_values() {
+        assert_eq!(f16_to_f32(0x3c00), 1.0);
+        assert_eq!(f16_to_f32(0xc000), -2.0);
+        assert_eq!(f16_to_f32(0x3555), 0.333_251_95);
+        assert_eq!(f16_to_f32(0x0001), 5.960_464_5e-8);
+        assert!(f16_to_f32(0x7c00).is_infinite());
+    }
 }

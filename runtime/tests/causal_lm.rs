@@ -28,7 +28,7 @@ fn oracle_loss(spec: &Spec, prompt: &str, completion: &str, eos: usize) -> f64 {
     let text = format!("{prompt}{completion}");
     let logits = infer_on(
         spec,
-        &[text.clone()],
+        std::slice::from_ref(&text),
         Emit::Logits,
         None,
         Backend::Reference,

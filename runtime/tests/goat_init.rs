@@ -73,7 +73,7 @@ fn goat_init_rewrites_w0_and_takes_segment_heads() {
     assert!((s - (3.0f64 * 384.0).sqrt()).abs() < 1e-9);
     let (e, rho, n) = (8usize, 10.0f64, 384usize);
     let wname = format!("{MODULE}.weight");
-    let mut w = load(&weights, Some(&[wname.clone()])).unwrap();
+    let mut w = load(&weights, Some(std::slice::from_ref(&wname))).unwrap();
     let w0: Vec<f64> = w[&wname].f().iter().map(|&v| v as f64).collect();
     let shapes: HashMap<String, Vec<usize>> = HashMap::from([
         (format!("{MODULE}.Wg"), vec![e, n]),

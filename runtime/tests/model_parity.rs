@@ -48,6 +48,7 @@ fn minilm_matches_transformers_bert_model() {
             &mut NoAdapters { tensors: &tensors },
             b,
             l,
+            false,
         )
         .unwrap();
         lorac_compiler::ir::verify::verify(&g).unwrap();

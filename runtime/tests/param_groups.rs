@@ -7,15 +7,14 @@ use lorac_runtime::weights::load;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+/// Adapter tensors by name.
+type Weights = HashMap<String, Vec<f32>>;
+
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-fn run(
-    tag: &str,
-    clip: &str,
-    steps: u64,
-) -> Option<(HashMap<String, Vec<f32>>, Vec<serde_json::Value>)> {
+fn run(tag: &str, clip: &str, steps: u64) -> Option<(Weights, Vec<serde_json::Value>)> {
     let r = root();
     if !r.join("assets/minilm/model.safetensors").is_file() {
         eprintln!("skipped: run scripts/fetch-assets first");
