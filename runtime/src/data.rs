@@ -16,6 +16,9 @@ pub enum Label {
     /// Causal LM after tokenization: the next-token target of every position (the ignore
     /// index where no loss applies: prompt, padding, the last token).
     Tokens(Vec<i64>),
+    /// A `linear` model's example (`data_numeric.rs`): the input vector `x` and the regression
+    /// target `y`; the example's text is empty.
+    Numeric { x: Vec<f32>, y: Vec<f32> },
 }
 
 /// One example.
@@ -126,6 +129,7 @@ pub fn load(
             });
         }
     } else {
+        let mut widths = None;
         for (k, l) in raw.lines().enumerate() {
             let line = k + 1;
             if l.trim().is_empty() {
@@ -133,6 +137,11 @@ pub fn load(
             }
             let v: serde_json::Value = serde_json::from_str(l)
                 .map_err(|e| bad(path, line, format!("not valid JSON: {e}")))?;
+            if v.get(text).is_some_and(|t| t.is_array()) {
+                let ex = crate::data_numeric::example(&v, text, label, task, &mut widths);
+                out.push(ex.map_err(|e| bad(path, line, e))?);
+                continue;
+            }
             let t = v
                 .get(text)
                 .and_then(|t| t.as_str())

@@ -100,6 +100,13 @@ pub fn infer_on(
             "add `model bert(\"dir\")`",
         )
     })?;
+    if crate::data_numeric::Widths::of(model).is_some() {
+        return Err(fail(
+            codes::DATA_MODEL_MISMATCH,
+            "`loraC infer` feeds text, but a `linear` model reads number lists",
+            "measure a trained adapter on numeric data with `loraC eval SPEC --adapter DIR/adapter`",
+        ));
+    }
     let tok_path = model.tokenizer.as_ref().ok_or_else(|| {
         fail(
             codes::TOKENIZER,

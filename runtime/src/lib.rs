@@ -4,6 +4,7 @@ pub mod alloc;
 pub mod bench;
 pub mod checkpoint;
 pub mod data;
+pub mod data_numeric;
 pub mod exec;
 pub mod export;
 pub mod infer;

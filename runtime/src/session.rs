@@ -68,7 +68,10 @@ pub struct Session<'a> {
     frozen: HashMap<String, Tensor>,
     /// Trainable tensors and optimizer state, by input name.
     pub state: HashMap<String, Tensor>,
-    tok: tokenizers::Tokenizer,
+    /// The tokenizer; `None` for a model that reads number lists.
+    tok: Option<tokenizers::Tokenizer>,
+    /// Input and output widths of a model that reads number lists (`data_numeric.rs`).
+    numeric: Option<crate::data_numeric::Widths>,
     pad_id: i64,
     /// End-of-sequence id appended to causal-LM completions (config.json `eos_token_id`).
     eos_id: Option<i64>,
@@ -79,6 +82,9 @@ pub struct Session<'a> {
 }
 
 pub(crate) fn batch_inputs(s: &Session<'_>, rows: &[&Row]) -> HashMap<String, Tensor> {
+    if let Some(w) = s.numeric {
+        return crate::data_numeric::batch_inputs(rows, s.geo.batch, w);
+    }
     let (b, l) = (s.geo.batch, s.geo.seq);
     let mut ids = vec![s.pad_id; b * l];
     let mut types = vec![0i64; b * l];
@@ -99,7 +105,7 @@ pub(crate) fn batch_inputs(s: &Session<'_>, rows: &[&Row]) -> HashMap<String, Te
             Label::Class(c) => labels[r] = *c as i64,
             Label::Value(v) => values[r] = *v,
             Label::Tokens(t) => tokens[r * l..r * l + n].copy_from_slice(&t[..n]),
-            Label::Completion(_) => {}
+            Label::Completion(_) | Label::Numeric { .. } => {}
         }
     }
     // Rows beyond the data (a short last batch) keep one real token so attention is defined;
@@ -197,16 +203,28 @@ impl<'a> Session<'a> {
                 );
             }
         }
-        let tpath = model.tokenizer.as_ref().ok_or_else(|| {
-            fail(
-                codes::TOKENIZER,
-                "the model directory has no tokenizer.json",
-                "add the model's tokenizer.json",
-            )
-        })?;
-        let tok = tokenize::load(tpath, geo.seq)
-            .map_err(|e| fail(codes::TOKENIZER, e, "use the model's tokenizer.json"))?;
-        let pad_id = tok.get_padding().map(|p| p.pad_id as i64).unwrap_or(0);
+        let numeric = crate::data_numeric::Widths::of(model);
+        let tok = match numeric {
+            Some(_) => None,
+            None => {
+                let tpath = model.tokenizer.as_ref().ok_or_else(|| {
+                    fail(
+                        codes::TOKENIZER,
+                        "the model directory has no tokenizer.json",
+                        "add the model's tokenizer.json",
+                    )
+                })?;
+                Some(
+                    tokenize::load(tpath, geo.seq)
+                        .map_err(|e| fail(codes::TOKENIZER, e, "use the model's tokenizer.json"))?,
+                )
+            }
+        };
+        let pad_id = tok
+            .as_ref()
+            .and_then(|t| t.get_padding())
+            .map(|p| p.pad_id as i64)
+            .unwrap_or(0);
         let eos_id = match model.config.raw.get("eos_token_id") {
             Some(serde_json::Value::Array(v)) => v.first().and_then(|x| x.as_i64()),
             Some(v) => v.as_i64(),
@@ -235,6 +253,7 @@ impl<'a> Session<'a> {
             frozen,
             state,
             tok,
+            numeric,
             pad_id,
             eos_id,
             vocab: model.config.vocab,
@@ -243,8 +262,18 @@ impl<'a> Session<'a> {
     }
 
     pub(crate) fn encode(&self, ex: &[Example]) -> Res<Vec<Row>> {
+        if let Some(rows) = crate::data_numeric::rows(ex, self.numeric) {
+            return rows;
+        }
+        let tok = self.tok.as_ref().ok_or_else(|| {
+            fail(
+                codes::TOKENIZER,
+                "the model has no tokenizer",
+                "add the model's tokenizer.json",
+            )
+        })?;
         let texts: Vec<String> = ex.iter().map(|e| e.text.clone()).collect();
-        let enc = tokenize::encode_each(&self.tok, &texts)
+        let enc = tokenize::encode_each(tok, &texts)
             .map_err(|e| fail(codes::TOKENIZER, e, "check the data"))?;
         self.check_vocab(enc.iter().flat_map(|(i, _)| i))?;
         if let Task::CausalLm {
@@ -260,7 +289,7 @@ impl<'a> Session<'a> {
                     _ => String::new(),
                 })
                 .collect();
-            let comp = tokenize::encode_plain(&self.tok, &completions)
+            let comp = tokenize::encode_plain(tok, &completions)
                 .map_err(|e| fail(codes::TOKENIZER, e, "check the data"))?;
             self.check_vocab(comp.iter().flatten().chain(&self.eos_id))?;
             return Ok(enc

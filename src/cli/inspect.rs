@@ -128,7 +128,7 @@ fn load_config(dir: &Path) -> Result<ModelConfig, Fail> {
                 "`{}` has model_type `{model_type}`, which loraC does not support",
                 path.display()
             ),
-            "supported families: bert, llama",
+            "supported families: bert, llama, linear",
             1,
         )
     })?;
@@ -136,10 +136,7 @@ fn load_config(dir: &Path) -> Result<ModelConfig, Fail> {
 }
 
 fn family_name(f: Family) -> &'static str {
-    match f {
-        Family::Bert => "bert",
-        Family::Llama => "llama",
-    }
+    f.name()
 }
 
 fn inspect(dir: &Path, o: Options) -> Result<String, Fail> {

@@ -114,13 +114,20 @@ pub struct CostReport {
     pub total: TotalCost,
 }
 
-/// The geometry a report uses by default: the `train` block's batch and `max_len`, else one
-/// sequence of `DEFAULT_SEQ` tokens (at most the model's positions).
+/// The geometry a report uses by default: the `train` block's batch and `max_len` (at most the
+/// model's positions, as training builds it: 1 for a `linear` model), else one sequence of
+/// `DEFAULT_SEQ` tokens (at most the model's positions).
 pub fn default_geometry(spec: &Spec) -> Geometry {
+    let positions = spec
+        .model
+        .as_ref()
+        .map_or(usize::MAX, |m| m.config.max_positions);
     match &spec.train {
         Some(t) => Geometry {
             batch: usize::try_from(t.batch).unwrap_or(usize::MAX),
-            seq: usize::try_from(t.max_len).unwrap_or(usize::MAX),
+            seq: usize::try_from(t.max_len)
+                .unwrap_or(usize::MAX)
+                .min(positions),
         },
         None => Geometry {
             batch: 1,

@@ -1,5 +1,6 @@
 //! The task head: a trainable linear layer on a pooled representation (classification,
-//! regression). Causal LM uses the model's own LM head and adds nothing here.
+//! regression). Causal LM uses the model's own LM head and adds nothing here, and neither does
+//! a `linear` model, whose output is the prediction itself.
 
 use super::lower::ParamInfo;
 use super::Geometry;
@@ -22,7 +23,7 @@ fn pooled(g: &mut Graph, model: &ModelInfo, pooling: &str, geo: Geometry) -> R<N
     let (b, l) = (geo.batch, geo.seq);
     let default = match model.family {
         Family::Bert => "pooler",
-        Family::Llama => "last",
+        Family::Llama | Family::Linear => "last",
     };
     let pooling = if pooling == "default" {
         default
@@ -78,6 +79,14 @@ pub fn build(
     task: &Task,
     geo: Geometry,
 ) -> R<Option<Vec<ParamInfo>>> {
+    if model.family == Family::Linear {
+        // No head: the loss compares the (adapted) layer's output with the targets directly.
+        let y = g
+            .output("hidden")
+            .ok_or_else(|| crate::ir::IrError("no hidden output".into()))?;
+        g.set_output("logits", y);
+        return Ok(None);
+    }
     let (outs, pooling) = match task {
         Task::Classification { labels, pooling } => (*labels, pooling.as_str()),
         Task::Regression => (1, "default"),

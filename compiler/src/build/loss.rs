@@ -46,11 +46,14 @@ pub fn add_loss(g: &mut Graph, task: &Task) -> R<NodeId> {
             cross_entropy(g, logits, labels)?
         }
         Task::Regression => {
+            // Targets have the predictions' shape: `[batch, 1]` from a head, `[batch, out]`
+            // from a `linear` model. The mean is over every value of the real rows (torch's
+            // `mse_loss` on the batch without its padding).
             let y = g.add(
                 Op::Input {
                     name: "labels".into(),
                     kind: InputKind::Data,
-                    shape: vec![s[0], 1],
+                    shape: s.clone(),
                     dtype: DType::F32,
                 },
                 &[],
@@ -67,11 +70,19 @@ pub fn add_loss(g: &mut Graph, task: &Task) -> R<NodeId> {
             )?;
             let d = g.minus(logits, y)?;
             let sq = g.times(d, d)?;
-            let sq = g.times(sq, w)?;
+            // One weight per row, spread over a row's outputs (a head has one: no broadcast).
+            let outs = s[1];
+            let wb = if outs == 1 { w } else { g.bc(w, &s)? };
+            let sq = g.times(sq, wb)?;
             let t = g.sum_all(sq)?;
             let n = g.sum_all(w)?;
             let one = g.scalar(1.0)?;
             let n = g.bin(crate::ir::BinaryOp::Max, n, one)?;
+            let n = if outs == 1 {
+                n
+            } else {
+                g.scale(n, outs as f32)?
+            };
             g.over(t, n)?
         }
         Task::CausalLm { .. } => {

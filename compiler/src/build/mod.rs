@@ -12,7 +12,7 @@ use crate::check::attach::Attachment;
 use crate::check::Spec;
 use crate::ir::{Graph, IrError, NodeId, R};
 use crate::model::forward::{frozen, LinearHook};
-use crate::model::{bert, llama, Family, TensorInfo};
+use crate::model::{bert, linear, llama, Family, TensorInfo};
 use lower::{Lowerer, ParamInfo};
 use std::collections::HashMap;
 
@@ -27,8 +27,9 @@ pub struct Geometry {
 
 /// A forward graph and what the runtime must feed it.
 pub struct Forward {
-    /// The graph; outputs `hidden` and `pooled` (bert) or `hidden` and `logits` (llama), plus
-    /// `aux` when the adapters declare auxiliary losses.
+    /// The graph; outputs `hidden` and `pooled` (bert), `hidden` and `logits` (llama) or
+    /// `hidden` (linear: the layer's output), plus `aux` when the adapters declare auxiliary
+    /// losses.
     pub graph: Graph,
     /// Trainable tensors, in creation order.
     pub params: Vec<ParamInfo>,
@@ -179,6 +180,17 @@ pub fn forward_with(spec: &Spec, geo: Geometry, opts: BuildOptions) -> R<Forward
             )?;
             g.set_output("hidden", o.hidden);
             g.set_output("logits", o.logits);
+        }
+        Family::Linear => {
+            // One vector per example: the geometry's sequence length is 1.
+            let y = linear::forward(
+                &mut g,
+                &model.config,
+                &model.tensors,
+                &mut hook,
+                geo.batch * geo.seq,
+            )?;
+            g.set_output("hidden", y);
         }
     }
     let mut params = hook.params;

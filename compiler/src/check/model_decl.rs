@@ -21,7 +21,7 @@ pub fn load(decl: &ModelDecl, base: &Path, diags: &mut Diagnostics) -> Option<Mo
         let help = suggest(
             &decl.family.name,
             FAMILIES.iter().copied(),
-            "supported families: bert, llama",
+            "supported families: bert, llama, linear",
         );
         diags.push(
             Diagnostic::error(
@@ -134,11 +134,17 @@ pub fn load(decl: &ModelDecl, base: &Path, diags: &mut Diagnostics) -> Option<Mo
             diags.push(
                 Diagnostic::error(codes::BAD_CONFIG, format!("`{cfg_text}` is invalid: {e}"))
                     .at(cfg_span, "this model's config.json")
-                    .help(format!(
-                        "fix {} (a Hugging Face {} config)",
-                        crate::diag::source::shown(&config_path),
-                        decl.family.name
-                    )),
+                    .help(match family {
+                        Family::Linear => format!(
+                            "fix {} (`{{\"in_features\": N, \"out_features\": M}}`)",
+                            crate::diag::source::shown(&config_path)
+                        ),
+                        _ => format!(
+                            "fix {} (a Hugging Face {} config)",
+                            crate::diag::source::shown(&config_path),
+                            decl.family.name
+                        ),
+                    }),
             );
             return None;
         }

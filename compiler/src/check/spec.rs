@@ -205,6 +205,10 @@ fn check_items(
             &Selectable {
                 tensors,
                 expert_tensors,
+                // A `linear` model's output is the prediction itself: no head to train.
+                head: model
+                    .as_ref()
+                    .is_none_or(|m| m.config.family != crate::model::Family::Linear),
             },
             diags,
         );
@@ -268,35 +272,45 @@ pub fn resolve_alpha(spec: &mut Spec, layer_alpha: Vec<f64>) -> Result<(), Diagn
     Ok(())
 }
 
-/// Causal-LM training needs a decoder with an LM head; BERT has none.
+/// Causal-LM training needs a decoder with an LM head; BERT has none. A `linear` model has
+/// no head to classify with: its output is a regression's prediction.
 fn check_task_family(
     block: &crate::syntax::ast::TrainBlock,
     cfg: Option<&TrainConfig>,
     model: Option<&ModelInfo>,
     diags: &mut Diagnostics,
 ) {
+    use crate::model::Family;
     let (Some(cfg), Some(model)) = (cfg, model) else {
         return;
     };
-    if matches!(cfg.task, train::Task::CausalLm { .. })
-        && model.config.family != crate::model::Family::Llama
-    {
-        let span = block
-            .entries
-            .iter()
-            .find(|e| e.key.name == "task")
-            .map(|e| e.span)
-            .unwrap_or(block.span);
-        diags.push(
-            Diagnostic::error(
-                codes::BAD_VALUE,
-                format!(
-                    "`causal_lm` needs a decoder with an LM head, but the model is `{}`",
-                    model.config.family.name()
-                ),
-            )
-            .at(span, "this model cannot predict tokens")
-            .help("use `model llama(\"…\")`, or `task classification(labels = N)` for this model"),
-        );
-    }
+    let family = model.config.family;
+    let (msg, label, help) = match (&cfg.task, family) {
+        (train::Task::CausalLm { .. }, Family::Bert) => (
+            format!(
+                "`causal_lm` needs a decoder with an LM head, but the model is `{}`",
+                family.name()
+            ),
+            "this model cannot predict tokens",
+            "use `model llama(\"…\")`, or `task classification(labels = N)` for this model",
+        ),
+        (train::Task::CausalLm { .. } | train::Task::Classification { .. }, Family::Linear) => (
+            "a `linear` model is trained with `task regression`: its output is the prediction"
+                .to_string(),
+            "not a task for a `linear` model",
+            "write `task regression`; each target is a list of `out_features` numbers",
+        ),
+        _ => return,
+    };
+    let span = block
+        .entries
+        .iter()
+        .find(|e| e.key.name == "task")
+        .map(|e| e.span)
+        .unwrap_or(block.span);
+    diags.push(
+        Diagnostic::error(codes::BAD_VALUE, msg)
+            .at(span, label)
+            .help(help),
+    );
 }

@@ -33,6 +33,8 @@ pub struct Selectable {
     pub tensors: Vec<String>,
     /// Tensor names declared in experts blocks.
     pub expert_tensors: Vec<String>,
+    /// Whether classification and regression add a trainable head (not on `linear` models).
+    pub head: bool,
 }
 
 use super::train_args::{boolean, choice, int_value, kwargs, needs_value, num, string};
@@ -523,7 +525,8 @@ pub fn check(
                 })
             })
             .collect();
-        let head_uncovered = !covered.iter().any(|c| *c == "head")
+        let head_uncovered = sel.head
+            && !covered.iter().any(|c| *c == "head")
             && matches!(task, Some(Task::Classification { .. } | Task::Regression));
         if !uncovered.is_empty() || head_uncovered {
             let mut names: Vec<String> = uncovered.iter().map(|s| format!("`{s}`")).collect();
@@ -563,8 +566,25 @@ fn check_data(ev: &mut Eval<'_>, e: &TrainEntry, args: &[Arg], base: &Path) -> O
         "data",
         e.key.span,
         args,
-        &["train", "dev", "test", "text", "label"],
+        &["train", "dev", "test", "text", "input", "label"],
     );
+    // `input` is `text` under the name that fits models whose input is not text (`linear`).
+    if let (Some((_, t)), Some((_, i))) = (kw.get("text"), kw.get("input")) {
+        ev.diags.push(
+            Diagnostic::error(
+                codes::CONFLICTING_SETTINGS,
+                "`data` names its input field twice, as `text` and as `input`",
+            )
+            .at(*i, "input field here")
+            .also(*t, "and here")
+            .help("keep one of them: they are the same setting"),
+        );
+    }
+    let input = if kw.contains_key("input") {
+        "input"
+    } else {
+        "text"
+    };
     let mut files = HashMap::new();
     for key in ["train", "dev", "test"] {
         let Some((v, s)) = kw.get(key) else { continue };
@@ -605,7 +625,7 @@ fn check_data(ev: &mut Eval<'_>, e: &TrainEntry, args: &[Arg], base: &Path) -> O
         train: files.remove("train")?,
         dev: files.remove("dev"),
         test: files.remove("test"),
-        text: string(ev, &kw, "text", "text"),
+        text: string(ev, &kw, input, "text"),
         label: string(ev, &kw, "label", "label"),
     })
 }

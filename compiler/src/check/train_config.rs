@@ -12,7 +12,7 @@ pub struct DataConfig {
     pub dev: Option<PathBuf>,
     /// Test file.
     pub test: Option<PathBuf>,
-    /// Text field.
+    /// Input field: the text, or the number list of a `linear` model (`text` or `input`).
     pub text: String,
     /// Label field.
     pub label: String,

@@ -97,6 +97,7 @@ codes! {
     BAD_MANIFEST = "E0909", "adapter manifest missing or invalid";
     NO_PEFT_FORMAT = "E0910", "adapter has no PEFT equivalent";
     NO_CUDA = "E0911", "CUDA backend unavailable";
+    DATA_MODEL_MISMATCH = "E0912", "data does not fit the model";
     UNUSED_LET = "W0001", "unused binding";
     UNUSED_PARAMETER = "W0002", "unused adapter parameter";
     UNUSED_ADAPTER = "W0003", "adapter defined but never attached";

@@ -9,10 +9,12 @@ pub enum Family {
     Bert,
     /// Llama decoders.
     Llama,
+    /// One frozen linear layer on numeric vectors (synthetic studies): module `linear`.
+    Linear,
 }
 
 /// Family names accepted after `model`.
-pub const FAMILIES: &[&str] = &["bert", "llama"];
+pub const FAMILIES: &[&str] = &["bert", "llama", "linear"];
 
 impl Family {
     /// Parses a family name.
@@ -20,6 +22,7 @@ impl Family {
         match s {
             "bert" => Some(Family::Bert),
             "llama" => Some(Family::Llama),
+            "linear" => Some(Family::Linear),
             _ => None,
         }
     }
@@ -29,6 +32,7 @@ impl Family {
         match self {
             Family::Bert => "bert",
             Family::Llama => "llama",
+            Family::Linear => "linear",
         }
     }
 }
@@ -38,9 +42,9 @@ impl Family {
 pub struct ModelConfig {
     /// Family.
     pub family: Family,
-    /// Hidden size.
+    /// Hidden size (`linear`: `in_features`, the width of the input vectors).
     pub hidden: usize,
-    /// FFN inner size.
+    /// FFN inner size (`linear`: `out_features`, the width of the output).
     pub intermediate: usize,
     /// Number of transformer layers.
     pub layers: usize,
@@ -52,7 +56,7 @@ pub struct ModelConfig {
     pub head_dim: usize,
     /// Vocabulary size.
     pub vocab: usize,
-    /// Longest position.
+    /// Longest position (`linear`: 1, one vector per example).
     pub max_positions: usize,
     /// Token type vocabulary (BERT).
     pub type_vocab: usize,
@@ -93,6 +97,9 @@ pub fn parse_config(family: Family, text: &str) -> Result<ModelConfig, String> {
     if !raw.is_object() {
         return Err("not a JSON object".into());
     }
+    if family == Family::Linear {
+        return linear_config(raw);
+    }
     let hidden = get_usize(&raw, "hidden_size")?;
     let heads = get_usize(&raw, "num_attention_heads")?;
     if hidden % heads != 0 && raw.get("head_dim").is_none() {
@@ -120,7 +127,7 @@ pub fn parse_config(family: Family, text: &str) -> Result<ModelConfig, String> {
         type_vocab: opt_usize(&raw, "type_vocab_size", 2)?,
         norm_eps: match family {
             Family::Bert => f("layer_norm_eps", 1e-12),
-            Family::Llama => f("rms_norm_eps", 1e-6),
+            Family::Llama | Family::Linear => f("rms_norm_eps", 1e-6),
         },
         tie_embeddings: raw
             .get("tie_word_embeddings")
@@ -132,6 +139,33 @@ pub fn parse_config(family: Family, text: &str) -> Result<ModelConfig, String> {
             .or_else(|| raw.get("rope_parameters").and_then(|r| r.get("rope_theta")))
             .and_then(|x| x.as_f64())
             .unwrap_or(10000.0),
+        raw,
+    })
+}
+
+/// `{"model_type": "linear", "in_features": N, "out_features": M, "bias": true}`: the sizes of
+/// one `torch.nn.Linear`. The transformer fields get neutral values: no layers, no vocabulary,
+/// one position (an example is one vector).
+fn linear_config(raw: Value) -> Result<ModelConfig, String> {
+    let in_features = get_usize(&raw, "in_features")?;
+    let out_features = get_usize(&raw, "out_features")?;
+    if let Some(b) = raw.get("bias").filter(|b| !b.is_null() && !b.is_boolean()) {
+        return Err(format!("field `bias` must be true or false, found {b}"));
+    }
+    Ok(ModelConfig {
+        family: Family::Linear,
+        hidden: in_features,
+        intermediate: out_features,
+        layers: 0,
+        heads: 1,
+        kv_heads: 1,
+        head_dim: in_features,
+        vocab: 0,
+        max_positions: 1,
+        type_vocab: 0,
+        norm_eps: 0.0,
+        tie_embeddings: false,
+        rope_theta: 0.0,
         raw,
     })
 }

@@ -77,6 +77,13 @@ pub fn expected_tensors(c: &ModelConfig) -> Vec<TensorInfo> {
                 v.push(t("lm_head.weight".into(), vec![c.vocab, h]));
             }
         }
+        Family::Linear => {
+            // `torch.nn.Linear(in, out)`: weight [out, in], and a bias unless `"bias": false`.
+            v.push(t(format!("{}.weight", super::linear::MODULE), vec![i, h]));
+            if c.raw.get("bias").and_then(|b| b.as_bool()).unwrap_or(true) {
+                v.push(t(format!("{}.bias", super::linear::MODULE), vec![i]));
+            }
+        }
     }
     v.sort_by(|a, b| a.name.cmp(&b.name));
     v

@@ -5,6 +5,7 @@ pub mod config;
 pub mod family;
 pub mod forward;
 pub mod header;
+pub mod linear;
 pub mod llama;
 
 pub use config::{parse_config, Family, ModelConfig, FAMILIES};
