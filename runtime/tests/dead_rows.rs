@@ -8,11 +8,10 @@ use lorac_compiler::build::{first_token_suffices, forward_with, BuildOptions, Ge
 use lorac_compiler::check::check_file;
 use lorac_compiler::ir::interp::run_outputs;
 use lorac_compiler::ir::{Graph, Op, Tensor};
-use lorac_runtime::{init, weights};
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
 use std::collections::HashMap;
 use std::path::Path;
+
+mod common;
 
 /// Sum of 2·m·k·n over the graph's matrix products.
 fn product_flops(g: &Graph) -> f64 {
@@ -55,33 +54,9 @@ fn the_first_token_graph_equals_the_full_graph() {
         };
         let mut f = forward_with(&spec, geo, opts).unwrap();
         gradient_graph(&mut f, &task).unwrap();
-        let shapes: HashMap<String, Vec<usize>> = f
-            .params
-            .iter()
-            .map(|p| (p.name.clone(), p.shape.clone()))
-            .collect();
-        let mut inputs =
-            weights::load(&root.join("assets/minilm/model.safetensors"), None).unwrap();
-        let values = init::initialize(&spec, &shapes, &mut inputs, 1).unwrap();
-        inputs.extend(values);
-        // Random B (it starts at zero) so every adapter carries signal.
-        let mut rng = ChaCha8Rng::seed_from_u64(3);
-        for p in &f.params {
-            let n: usize = p.shape.iter().product();
-            let v = (0..n).map(|_| rng.random_range(-0.05..0.05)).collect();
-            inputs.insert(p.name.clone(), Tensor::f32(p.shape.clone(), v));
-        }
-        let n = geo.batch * geo.seq;
-        let ids = (0..n).map(|i| 1000 + (i as i64 * 53) % 7000).collect();
-        inputs.insert("input_ids".into(), Tensor::i64(vec![2, 16], ids));
-        inputs.insert(
-            "token_type_ids".into(),
-            Tensor::i64(vec![2, 16], vec![0; n]),
-        );
         // The second sequence is padded after 11 tokens.
-        let mask = (0..n).map(|i| f32::from(i < 16 || i % 16 < 11)).collect();
-        inputs.insert("attention_mask".into(), Tensor::f32(vec![2, 16], mask));
-        inputs.insert("labels".into(), Tensor::i64(vec![2], vec![1, 0]));
+        let mask = (0..32).map(|i| f32::from(i < 16 || i % 16 < 11)).collect();
+        let inputs = common::minilm_inputs(&spec, &f.params, 3, 53, mask, [1, 0]);
         let out: HashMap<String, Tensor> = run_outputs(&f.graph, &inputs)
             .unwrap()
             .into_iter()

@@ -9,11 +9,10 @@ use lorac_compiler::build::{forward_with, BuildOptions, Geometry};
 use lorac_compiler::check::check_file;
 use lorac_compiler::ir::interp::run_outputs;
 use lorac_compiler::ir::{Op, Tensor};
-use lorac_runtime::{init, weights};
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
 use std::collections::HashMap;
 use std::path::Path;
+
+mod common;
 
 /// Loss and gradients of `spec` built unrolled and batched (reference interpreter, 2 × 16
 /// tokens), with the number of products and of routed-dropout nodes of each graph.
@@ -22,7 +21,6 @@ fn both(
     training: bool,
     seed: i64,
 ) -> Vec<(usize, usize, HashMap<String, Tensor>)> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let geo = Geometry { batch: 2, seq: 16 };
     let spec = check_file(spec_path).spec.unwrap();
     let task = spec.train.as_ref().unwrap().task.clone();
@@ -44,35 +42,7 @@ fn both(
         };
         let products = count(|o| matches!(o, Op::MatMul));
         let routed = count(|o| matches!(o, Op::RoutedDropout { .. }));
-        let shapes: HashMap<String, Vec<usize>> = f
-            .params
-            .iter()
-            .map(|p| (p.name.clone(), p.shape.clone()))
-            .collect();
-        let mut inputs =
-            weights::load(&root.join("assets/minilm/model.safetensors"), None).unwrap();
-        let values = init::initialize(&spec, &shapes, &mut inputs, 1).unwrap();
-        inputs.extend(values);
-        // B starts at zero in some methods: give every parameter a random value so every
-        // path carries signal.
-        let mut rng = ChaCha8Rng::seed_from_u64(5);
-        for p in &f.params {
-            let n: usize = p.shape.iter().product();
-            let v = (0..n).map(|_| rng.random_range(-0.05..0.05)).collect();
-            inputs.insert(p.name.clone(), Tensor::f32(p.shape.clone(), v));
-        }
-        let n = geo.batch * geo.seq;
-        let ids = (0..n).map(|i| 1000 + (i as i64 * 37) % 5000).collect();
-        inputs.insert("input_ids".into(), Tensor::i64(vec![2, 16], ids));
-        inputs.insert(
-            "token_type_ids".into(),
-            Tensor::i64(vec![2, 16], vec![0; n]),
-        );
-        inputs.insert(
-            "attention_mask".into(),
-            Tensor::f32(vec![2, 16], vec![1.0; n]),
-        );
-        inputs.insert("labels".into(), Tensor::i64(vec![2], vec![0, 1]));
+        let mut inputs = common::minilm_inputs(&spec, &f.params, 5, 37, vec![1.0; 32], [0, 1]);
         inputs.insert(DROPOUT_SEED.into(), Tensor::i64(vec![1], vec![seed]));
         let out: HashMap<String, Tensor> = run_outputs(&f.graph, &inputs)
             .unwrap()

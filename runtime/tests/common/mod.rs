@@ -74,3 +74,42 @@ pub fn cuda_requested() -> bool {
     }
     true
 }
+
+/// What a MiniLM training graph of 2 × 16 tokens reads: the weights, every parameter drawn
+/// uniform in ±0.05 from `seed` (B starts at zero in most methods; random values make every
+/// path carry signal), ids `1000 + (i · id_step) mod 5000`, the attention `mask` and `labels`.
+pub fn minilm_inputs(
+    spec: &lorac_compiler::check::Spec,
+    params: &[lorac_compiler::build::lower::ParamInfo],
+    seed: u64,
+    id_step: i64,
+    mask: Vec<f32>,
+    labels: [i64; 2],
+) -> std::collections::HashMap<String, Tensor> {
+    use rand::{Rng, SeedableRng};
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let shapes = params
+        .iter()
+        .map(|p| (p.name.clone(), p.shape.clone()))
+        .collect();
+    let mut inputs =
+        lorac_runtime::weights::load(&root.join("assets/minilm/model.safetensors"), None).unwrap();
+    let values = lorac_runtime::init::initialize(spec, &shapes, &mut inputs, 1).unwrap();
+    inputs.extend(values);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    for p in params {
+        let n: usize = p.shape.iter().product();
+        let v = (0..n).map(|_| rng.random_range(-0.05..0.05)).collect();
+        inputs.insert(p.name.clone(), Tensor::f32(p.shape.clone(), v));
+    }
+    let n = 32;
+    let ids = (0..n).map(|i| 1000 + (i * id_step) % 5000).collect();
+    inputs.insert("input_ids".into(), Tensor::i64(vec![2, 16], ids));
+    inputs.insert(
+        "token_type_ids".into(),
+        Tensor::i64(vec![2, 16], vec![0; 32]),
+    );
+    inputs.insert("attention_mask".into(), Tensor::f32(vec![2, 16], mask));
+    inputs.insert("labels".into(), Tensor::i64(vec![2], labels.to_vec()));
+    inputs
+}
