@@ -7,6 +7,8 @@ use crate::ir::{BinaryOp, DType, Graph, InputKind, IrError, NodeId, Op, UnaryOp,
 use crate::syntax::ast::{find_arg, AdapterDef, Arg, BinOp, Expr, ExprKind, Stmt};
 use std::collections::HashMap;
 
+mod experts;
+
 /// A trainable tensor created for one attachment.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ParamInfo {
@@ -20,15 +22,6 @@ pub struct ParamInfo {
     pub shape: Vec<usize>,
     /// Number of experts for per-expert tensors.
     pub experts: Option<usize>,
-}
-
-/// The stacked factors of an expert sum: `A[E, d, n]`, `B[E, m, d]`.
-struct RoutedFactors {
-    a: NodeId,
-    b: NodeId,
-    d: usize,
-    n: usize,
-    m: usize,
 }
 
 /// Router provenance: what `balance` and top-k dispatch need.
@@ -589,186 +582,6 @@ impl<'a> Lowerer<'a> {
             }
             other => return err(span, format!("`{other}` cannot be lowered here")),
         })
-    }
-
-    fn sum(&mut self, g: &mut Graph, args: &[Arg], span: Span) -> R<LVal> {
-        let over =
-            find_arg(args, 0, "over").ok_or_else(|| IrError("`sum` needs an argument".into()))?;
-        let Some(body) = find_arg(args, 1, "body") else {
-            let x = self.node(g, over)?;
-            return Ok(LVal::Node(g.sum_all(x)?));
-        };
-        let ExprKind::Name(var) = &over.kind else {
-            return err(span, "`sum` over experts needs a variable");
-        };
-        let count = self
-            .expert_count(g, var)?
-            .ok_or_else(|| IrError(format!("`{var}` is not an experts variable")))?;
-        if self.batch_experts {
-            if let Some(m) = super::batch::low_rank_sum(body, var) {
-                let sites = self.sites;
-                if let Some(v) = self.stacked_sum(g, &m, count)? {
-                    return Ok(LVal::Node(v));
-                }
-                // A declined attempt leaves dead nodes only: the unrolled sum numbers its
-                // dropout sites as if batching were off, so both builds draw the same masks.
-                self.sites = sites;
-            }
-        }
-        let mut acc: Option<LVal> = None;
-        for i in 0..count {
-            self.env.push((var.clone(), LVal::Expert(i)));
-            let v = self.expr(g, body);
-            self.env.pop();
-            let v = v?;
-            acc = Some(match acc {
-                None => v,
-                Some(a) => self.binary(g, BinOp::Add, a, v, span)?,
-            });
-        }
-        acc.ok_or_else(|| IrError("sum over zero experts".into()))
-    }
-
-    /// `Σ_e [g[:, e] ·] (X A[e]ᵀ) B[e]ᵀ` as `((X A_allᵀ) ⊙ G) B_all`; `None` when the names
-    /// are not stacked factors of `count` experts (the unrolled sum then applies).
-    fn stacked_sum(
-        &mut self,
-        g: &mut Graph,
-        m: &super::batch::LowRankSum<'_>,
-        count: usize,
-    ) -> R<Option<NodeId>> {
-        let (
-            Some(LVal::Experts { node: a, count: ca }),
-            Some(LVal::Experts { node: b, count: cb }),
-        ) = (self.lookup(m.a), self.lookup(m.b))
-        else {
-            return Ok(None);
-        };
-        let (sa, sb) = (g.shape(a).to_vec(), g.shape(b).to_vec());
-        if ca != count || cb != count || sa.len() != 3 || sb.len() != 3 || sa[1] != sb[2] {
-            return Ok(None);
-        }
-        let (d, n, mm) = (sa[1], sa[2], sb[1]);
-        let gate = match m.gate {
-            Some(name) => match self.lookup(name) {
-                Some(LVal::Node(gn)) if g.shape(gn).last() == Some(&count) => Some(gn),
-                _ => return Ok(None),
-            },
-            None => None,
-        };
-        let s0 = self.sites;
-        let x = self.node(g, m.x)?;
-        let xs = g.shape(x).to_vec();
-        if xs.last() != Some(&n) {
-            return Ok(None);
-        }
-        // In training, a dropout inside the body draws a mask per expert, which one shared
-        // stacked product cannot express. Behind a top-k router only the selected experts'
-        // masks matter: top-k sparse dispatch draws exactly those (salts as the unrolled sum
-        // would number its sites). Otherwise the sum stays unrolled (the node built here is
-        // dead and removed by DCE).
-        if let Op::Dropout { p, .. } = g.node(x).op {
-            let routed = gate.and_then(|gn| {
-                let r = self.gates.get(&gn).copied().filter(|r| r.sparse)?;
-                Some((gn, r))
-            });
-            let (Some((gn, router)), 1) = (routed, self.sites - s0) else {
-                return Ok(None);
-            };
-            let ins = g.inputs(x);
-            let salts = (0..count as u64)
-                .map(|e| self.salt.wrapping_add(s0 + 1 + e))
-                .collect();
-            self.sites = s0 + count as u64;
-            let f = RoutedFactors { a, b, d, n, m: mm };
-            return self
-                .routed_sum(g, ins[0], ins[1], p, salts, gn, router, &f)
-                .map(Some);
-        }
-        let a_all = g.reshape(a, &[count * d, n])?;
-        let at = g.t(a_all)?;
-        let mut h = g.matmul(x, at)?;
-        if let Some(gn) = gate {
-            // Each expert's gate column repeated over its d rank columns.
-            let gs = g.shape(gn).to_vec();
-            let mut col = gs.clone();
-            col.push(1);
-            let g3 = g.reshape(gn, &col)?;
-            let mut wide = gs.clone();
-            wide.push(d);
-            let gb = g.bc(g3, &wide)?;
-            let mut flat = gs[..gs.len() - 1].to_vec();
-            flat.push(count * d);
-            let gf = g.reshape(gb, &flat)?;
-            h = g.times(h, gf)?;
-        }
-        let bp = g.permute(b, &[0, 2, 1])?;
-        let b_all = g.reshape(bp, &[count * d, mm])?;
-        Ok(Some(g.matmul(h, b_all)?))
-    }
-
-    /// Top-k sparse dispatch of `Σ_e w[:, e] · (dropout_e(x) A[e]ᵀ) B[e]ᵀ`: each row's k
-    /// routed copies of `x` get their expert's mask (`RoutedDropout`), one product projects
-    /// every copy on the stacked `A`, the selected expert's block is kept and weighted
-    /// (`SlotExperts` ⊙ w), the copies are summed, and one product applies the stacked `B`.
-    #[allow(clippy::too_many_arguments)]
-    fn routed_sum(
-        &mut self,
-        g: &mut Graph,
-        x: NodeId,
-        seed: NodeId,
-        p: f32,
-        salts: Vec<u64>,
-        w: NodeId,
-        router: Gate,
-        f: &RoutedFactors,
-    ) -> R<NodeId> {
-        let xs = g.shape(x).to_vec();
-        let e = salts.len();
-        let (k, d) = (router.k, f.d);
-        let t: usize = xs[..xs.len() - 1].iter().product();
-        let xf = g.reshape(x, &[t, f.n])?;
-        let mask = g.reshape(router.mask, &[t, e])?;
-        let wf = g.reshape(w, &[t, e])?;
-        let op = Op::RoutedDropout {
-            p,
-            salts,
-            k,
-            transpose: false,
-        };
-        let xd = g.add(op, &[xf, mask, seed])?;
-        let xd = g.reshape(xd, &[t * k, f.n])?;
-        let a_all = g.reshape(f.a, &[e * d, f.n])?;
-        let at = g.t(a_all)?;
-        let u = g.matmul(xd, at)?;
-        let u = g.reshape(u, &[t, k, e, d])?;
-        // Slot i keeps its own expert's block, weighted by that expert's gate value.
-        let sel = g.add(Op::SlotExperts { k }, &[mask])?;
-        let w3 = g.reshape(wf, &[t, 1, e])?;
-        let w3 = g.bc(w3, &[t, k, e])?;
-        let sw = g.times(sel, w3)?;
-        let sw = g.reshape(sw, &[t, k, e, 1])?;
-        let sw = g.bc(sw, &[t, k, e, d])?;
-        let z = g.times(u, sw)?;
-        let z = g.sum(z, 1)?;
-        let z = g.reshape(z, &[t, e * d])?;
-        let bp = g.permute(f.b, &[0, 2, 1])?;
-        let b_all = g.reshape(bp, &[e * d, f.m])?;
-        let out = g.matmul(z, b_all)?;
-        let mut os = xs[..xs.len() - 1].to_vec();
-        os.push(f.m);
-        g.reshape(out, &os)
-    }
-
-    fn expert_count(&mut self, g: &mut Graph, var: &str) -> R<Option<usize>> {
-        let hi = self.def.body.iter().find_map(|s| match s {
-            Stmt::Experts { var: v, hi, .. } if v.name == var => Some(hi.clone()),
-            _ => None,
-        });
-        match hi {
-            Some(h) => Ok(Some(self.num(g, &h)? as usize)),
-            None => Ok(None),
-        }
     }
 }
 
