@@ -3,18 +3,28 @@
 use std::fmt::Write;
 use std::path::Path;
 
-fn main() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../std");
-    println!("cargo:rerun-if-changed={}", dir.display());
-    let mut names: Vec<String> = std::fs::read_dir(&dir)
-        .map(|rd| {
-            rd.filter_map(|e| e.ok())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.ends_with(".lora"))
-                .collect()
-        })
-        .unwrap_or_default();
+/// File names in `dir` ending in `ext`, sorted. A missing folder fails the build: an empty
+/// standard library or explainer table would compile and then reject every `import std.*`.
+fn listing(dir: &Path, ext: &str) -> Vec<String> {
+    let rd =
+        std::fs::read_dir(dir).unwrap_or_else(|e| panic!("cannot read {}: {e}", dir.display()));
+    let mut names: Vec<String> = rd
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(ext))
+        .collect();
     names.sort();
+    names
+}
+
+fn main() {
+    // The manifest directory of this build, read when the script runs (not `env!`, which is
+    // fixed when the script is compiled and goes stale if a shared target dir reuses it).
+    let root =
+        std::path::PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
+    let dir = root.join("../std");
+    println!("cargo:rerun-if-changed={}", dir.display());
+    let names = listing(&dir, ".lora");
     let mut out = String::from(
         "/// The standard library: (module name, source).\npub const STD: &[(&str, &str)] = &[\n",
     );
@@ -30,17 +40,9 @@ fn main() {
     }
     out.push_str("];\n");
     // Error-code explainers for `loraC explain`.
-    let edir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/errors");
+    let edir = root.join("../docs/errors");
     println!("cargo:rerun-if-changed={}", edir.display());
-    let mut codes: Vec<String> = std::fs::read_dir(&edir)
-        .map(|rd| {
-            rd.filter_map(|e| e.ok())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.ends_with(".md"))
-                .collect()
-        })
-        .unwrap_or_default();
-    codes.sort();
+    let codes = listing(&edir, ".md");
     out.push_str(
         "/// Error-code explainers: (code, markdown).\npub const EXPLAIN: &[(&str, &str)] = &[\n",
     );
