@@ -12,6 +12,7 @@ pub mod spec;
 pub mod train;
 pub mod train_args;
 pub mod train_config;
+mod train_task;
 pub mod value;
 
 pub use spec::{check_file, check_source, Checked, Spec};

@@ -24,7 +24,6 @@ const SETTINGS: &[&str] = &[
     "eval",
     "log",
 ];
-const POOLINGS: &[&str] = &["pooler", "cls", "mean", "last"];
 const METRICS: &[&str] = &["accuracy", "f1", "loss", "perplexity", "mse"];
 
 /// Names the train block may select: tensors of attached adapters, and groups.
@@ -168,105 +167,9 @@ pub fn check(
                     needs_value(&mut ev, e);
                     continue;
                 };
-                let Some((name, span, args)) = choice(
-                    &mut ev,
-                    v,
-                    "task",
-                    &["classification", "regression", "causal_lm"],
-                ) else {
-                    continue;
-                };
-                task = Some(match name.as_str() {
-                    "classification" => {
-                        let kw = kwargs(
-                            &mut ev,
-                            "classification",
-                            span,
-                            args,
-                            &["labels", "pooling"],
-                        );
-                        let pooling = string(&mut ev, &kw, "pooling", "default");
-                        if pooling != "default" && !POOLINGS.contains(&pooling.as_str()) {
-                            let s = kw.get("pooling").map(|x| x.1).unwrap_or(span);
-                            let help = suggest(
-                                &pooling,
-                                POOLINGS.iter().copied(),
-                                format!("one of: {}", POOLINGS.join(", ")),
-                            );
-                            ev.diags.push(
-                                Diagnostic::error(
-                                    codes::BAD_OPTION,
-                                    format!("`{pooling}` is not a valid `pooling`"),
-                                )
-                                .at(s, "unknown pooling")
-                                .help(help),
-                            );
-                        }
-                        match kw.get("labels") {
-                            Some((Value::Int(n), _)) if *n >= 2 => Task::Classification {
-                                labels: *n as usize,
-                                pooling,
-                            },
-                            Some((v, s)) => {
-                                ev.err(
-                                    codes::BAD_VALUE,
-                                    format!("classification needs at least 2 labels, found {v}"),
-                                    *s,
-                                    "too few labels",
-                                    "use `labels = 2` or more",
-                                );
-                                continue;
-                            }
-                            None => {
-                                ev.diags.push(
-                                    Diagnostic::error(
-                                        codes::MISSING_ARGUMENT,
-                                        "`classification` needs `labels`",
-                                    )
-                                    .at(span, "how many classes?")
-                                    .help("write `task classification(labels = 2)`"),
-                                );
-                                continue;
-                            }
-                        }
-                    }
-                    "regression" => Task::Regression,
-                    _ => {
-                        let kw = kwargs(
-                            &mut ev,
-                            "causal_lm",
-                            span,
-                            args,
-                            &["prompt", "completion", "train_on_inputs", "ignore_index"],
-                        );
-                        // A non-negative ignore index could be a real token id, whose loss
-                        // would then silently vanish.
-                        let ignore_index = match kw.get("ignore_index") {
-                            Some((v, s)) => {
-                                match v.as_i64() {
-                                    Some(i) if i < 0 => i,
-                                    _ => {
-                                        ev.err(
-                                        codes::BAD_VALUE,
-                                        format!("`ignore_index` must be a negative integer, found {v}"),
-                                        *s,
-                                        "a token id could have this value",
-                                        "use `ignore_index = -100`",
-                                    );
-                                        -100
-                                    }
-                                }
-                            }
-                            None => -100,
-                        };
-                        Task::CausalLm {
-                            prompt: string(&mut ev, &kw, "prompt", "prompt"),
-                            completion: string(&mut ev, &kw, "completion", "completion"),
-                            train_on_inputs: boolean(&mut ev, &kw, "train_on_inputs", false),
-                            ignore_index,
-                        }
-                    }
-                });
+                if let Some(t) = super::train_task::check(&mut ev, v) {
+                    task = Some(t);
+                }
             }
             "optimizer" => {
                 let Some(v) = &e.value else {
