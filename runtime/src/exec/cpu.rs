@@ -373,7 +373,12 @@ impl Drop for CpuProgram {
             v.sort_by(|a, b| b.1 .0.total_cmp(&a.1 .0));
             let total: f64 = v.iter().map(|e| e.1 .0).sum();
             eprintln!("profile: {total:.3} s in {} step kinds", v.len());
-            for (k, (s, n)) in v.iter().take(25) {
+            // `LORAC_PROFILE=N` lists the N costliest kinds (25 by default).
+            let top = std::env::var("LORAC_PROFILE")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(25);
+            for (k, (s, n)) in v.iter().take(top) {
                 eprintln!("{s:9.4} s {n:6} × {k}");
             }
         }
