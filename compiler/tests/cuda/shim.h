@@ -19,6 +19,7 @@ thread_local lorac_dim3 threadIdx, blockIdx, blockDim, gridDim;
 #define __restrict__ __restrict
 
 inline float __int_as_float(unsigned v) { float f; memcpy(&f, &v, 4); return f; }
+inline int __float_as_int(float f) { int v; memcpy(&v, &f, 4); return v; }
 
 struct LoracWarp {
     std::mutex m;

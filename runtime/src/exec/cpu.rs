@@ -5,7 +5,7 @@
 use super::host::{self, In, Out};
 use lorac_compiler::ir::ReduceOp;
 use lorac_compiler::ir::{DType, Graph, Tensor};
-use lorac_compiler::lower::cpu::{compile, CpuKernels, CpuOptions};
+use lorac_compiler::lower::cpu::{compile, CpuKernels};
 use lorac_compiler::lower::kernel::{identity, Form};
 use lorac_compiler::lower::memplan::{self, MemPlan};
 use lorac_compiler::lower::plan::{lower, Mat, Plan, Step, Storage};
@@ -42,11 +42,11 @@ const PAR_MIN: usize = 1 << 15;
 
 impl CpuProgram {
     /// Lowers, plans memory and JIT-compiles a graph.
-    pub fn new(g: &Graph, opt: CpuOptions) -> Result<CpuProgram, String> {
+    pub fn new(g: &Graph) -> Result<CpuProgram, String> {
         let plan = lower(g).map_err(|e| e.0)?;
         let mem = memplan::plan(&plan);
         memplan::verify(&plan, &mem)?;
-        let kernels = compile(&plan.kernels, opt)?;
+        let kernels = compile(&plan.kernels)?;
         Ok(CpuProgram {
             profile: std::env::var_os("LORAC_PROFILE").map(|_| Mutex::new(HashMap::new())),
             arena: Mutex::new(vec![0u64; mem.peak / 8]),

@@ -8,7 +8,6 @@ pub mod host;
 pub mod mask;
 
 use lorac_compiler::ir::{Graph, Tensor};
-pub use lorac_compiler::lower::cpu::CpuOptions;
 use std::collections::HashMap;
 
 /// Which backend runs programs.
@@ -71,16 +70,11 @@ pub enum Program {
 }
 
 impl Program {
-    /// Prepares a graph for a backend (default code generation options).
+    /// Prepares a graph for a backend.
     pub fn new(g: &Graph, backend: Backend) -> Result<Program, String> {
-        Program::with_options(g, backend, CpuOptions::default())
-    }
-
-    /// [`Program::new`] with CPU code generation options.
-    pub fn with_options(g: &Graph, backend: Backend, opt: CpuOptions) -> Result<Program, String> {
         Ok(match backend {
             Backend::Reference => Program::Reference(g.clone()),
-            Backend::Cpu => Program::Cpu(Box::new(cpu::CpuProgram::new(g, opt)?)),
+            Backend::Cpu => Program::Cpu(Box::new(cpu::CpuProgram::new(g)?)),
             Backend::Cuda => Program::Cuda(Box::new(cuda::CudaProgram::new(g)?)),
         })
     }

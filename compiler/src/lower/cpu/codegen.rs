@@ -64,7 +64,7 @@ fn body(b: &mut FunctionBuilder, k: &Kernel, m: &Math, rows: &[RowOp], byte: Val
 
 /// Emits the kernel's function body into `b` (whose signature is `(i64, i64, i64)`). A
 /// column sum also reads an f64 scratch row (zeroed by the caller) after its output pointer.
-pub fn define(b: &mut FunctionBuilder, k: &Kernel, libm: &[FuncRef], fast_math: bool) {
+pub fn define(b: &mut FunctionBuilder, k: &Kernel, libm: &[FuncRef]) {
     let entry = b.create_block();
     b.append_block_params_for_function_params(entry);
     b.switch_to_block(entry);
@@ -78,12 +78,10 @@ pub fn define(b: &mut FunctionBuilder, k: &Kernel, libm: &[FuncRef], fast_math: 
     let vec4 = Math {
         ty: types::F32X4,
         libm,
-        fast_math,
     };
     let one = Math {
         ty: types::F32,
         libm,
-        fast_math,
     };
     let red = match k.form {
         Form::RowReduce(op) | Form::ColReduce(op) => Some(op),
@@ -159,10 +157,15 @@ pub fn define(b: &mut FunctionBuilder, k: &Kernel, libm: &[FuncRef], fast_math: 
     let zero = b.ins().iconst(types::I64, 0);
     let acc0 = vec4.k(b, ident);
     let z64 = b.ins().f64const(-0.0);
+    let first = if matches!(k.form, Form::Map) && nvec >= 8 {
+        map_pairs(b, k, &vec4, &rows, &outs, nvec / 8 * 8)
+    } else {
+        zero
+    };
     b.ins().jump(
         vec_hdr,
         &[
-            BlockArg::Value(zero),
+            BlockArg::Value(first),
             BlockArg::Value(acc0),
             BlockArg::Value(z64),
         ],
@@ -312,6 +315,45 @@ pub fn define(b: &mut FunctionBuilder, k: &Kernel, libm: &[FuncRef], fast_math: 
     b.switch_to_block(exit);
     b.ins().return_(&[]);
     b.seal_all_blocks();
+}
+
+/// A map's j loop two vectors at a time over `0..end` (a multiple of 8): two independent
+/// bodies per iteration give the core more to overlap in long dependency chains (erf, exp).
+/// Returns the j where the one-vector loop takes over.
+fn map_pairs(
+    b: &mut FunctionBuilder,
+    k: &Kernel,
+    m: &Math,
+    rows: &[RowOp],
+    outs: &[Value],
+    end: i64,
+) -> Value {
+    let hdr = b.create_block();
+    b.append_block_param(hdr, types::I64);
+    let body_blk = b.create_block();
+    let done = b.create_block();
+    b.append_block_param(done, types::I64);
+    let zero = b.ins().iconst(types::I64, 0);
+    b.ins().jump(hdr, &[BlockArg::Value(zero)]);
+    b.switch_to_block(hdr);
+    let j = b.block_params(hdr)[0];
+    let c = b.ins().icmp_imm_s(IntCC::SignedLessThan, j, end);
+    b.ins().brif(c, body_blk, &[], done, &[BlockArg::Value(j)]);
+    b.switch_to_block(body_blk);
+    let byte = b.ins().ishl_imm_u(j, 2);
+    let byte2 = b.ins().iadd_imm_s(byte, 16);
+    let v0 = body(b, k, m, rows, byte);
+    let v1 = body(b, k, m, rows, byte2);
+    for (vals, at) in [(v0, byte), (v1, byte2)] {
+        for (o, &s) in k.outputs.iter().enumerate() {
+            let a = b.ins().iadd(outs[o], at);
+            b.ins().store(mem(), vals[s], a, 0);
+        }
+    }
+    let j8 = b.ins().iadd_imm_s(j, 8);
+    b.ins().jump(hdr, &[BlockArg::Value(j8)]);
+    b.switch_to_block(done);
+    b.block_params(done)[0]
 }
 
 /// Lanes 0–1 and 2–3 of an f32x4 as two f64x2.

@@ -1,10 +1,8 @@
 //! Elementwise math in Cranelift IR, for scalars (`F32`) and 4-lane vectors (`F32X4`) alike.
-//! By default the results equal the reference interpreter's bit for bit: `erf` (GELU) is its
-//! f64 fit and `exp` is glibc's `expf` algorithm, both evaluated in f64 vectors (`wide.rs`);
-//! log, tanh, sin, cos and pow call the reference's scalar functions per lane. (A merely
-//! accurate exp differs from glibc's by 1 ulp on ~0.06 % of inputs, enough to move Adam steps
-//! past the 1e-5 whole-step test.) With `fast_math`, `exp` and `erf` are inline f32
-//! polynomials instead: vectorised, within ~2 ulp.
+//! The results equal the reference interpreter's bit for bit: `exp` and `erf` repeat the
+//! definitions in `ir/ops/elementwise.rs` operation for operation (fused multiply-adds where the
+//! definition fuses, nothing contracted elsewhere); log, tanh, sin, cos and pow call the
+//! reference's scalar functions per lane.
 
 use crate::ir::{BinaryOp, UnaryOp};
 use cranelift_codegen::ir::condcodes::FloatCC;
@@ -47,8 +45,6 @@ pub struct Math<'a> {
     pub ty: Type,
     /// Function references for [`LIBM`].
     pub libm: &'a [FuncRef],
-    /// Inline polynomial `exp`/`erf` instead of the reference's functions.
-    pub fast_math: bool,
 }
 
 impl Math<'_> {
@@ -107,26 +103,43 @@ impl Math<'_> {
         out
     }
 
-    /// e^x: Cephes-style range reduction and degree-6 polynomial (≈1 ulp on the clamped range).
+    /// `x < lo ? lo : x` (and the mirror for `hi`), lane-wise: NaN passes through.
+    fn clamp(&self, b: &mut FunctionBuilder, x: Value, lo: f32, hi: f32) -> Value {
+        let (lo, hi) = (self.k(b, lo), self.k(b, hi));
+        let below = b.ins().fcmp(FloatCC::LessThan, x, lo);
+        let x = self.pick(b, below, lo, x);
+        let above = b.ins().fcmp(FloatCC::GreaterThan, x, hi);
+        self.pick(b, above, hi, x)
+    }
+
+    fn pick(&self, b: &mut FunctionBuilder, c: Value, yes: Value, no: Value) -> Value {
+        if self.ty == types::F32X4 {
+            let m = b.ins().bitcast(types::F32X4, Self::flags(), c);
+            b.ins().bitselect(m, yes, no)
+        } else {
+            b.ins().select(c, yes, no)
+        }
+    }
+
+    /// e^x exactly as `ops::elementwise::expf` defines it.
     pub fn exp(&self, b: &mut FunctionBuilder, x: Value) -> Value {
-        let (lo, hi) = (self.k(b, -87.336_55), self.k(b, 88.376_26));
-        let x = b.ins().fmax(x, lo);
-        let x = b.ins().fmin(x, hi);
+        use crate::ir::ops::elementwise::{
+            EXP_HI, EXP_LN2_HI, EXP_LN2_LO, EXP_LO, EXP_POLY, EXP_SHIFT,
+        };
+        let x = self.clamp(b, x, EXP_LO, EXP_HI);
         let l2e = self.k(b, std::f32::consts::LOG2_E);
-        let fx = b.ins().fmul(x, l2e);
-        let n = b.ins().nearest(fx);
-        let c1 = self.k(b, -0.693_359_4);
-        let c2 = self.k(b, 2.121_944_4e-4);
+        let shift = self.k(b, EXP_SHIFT);
+        let kd = b.ins().fma(x, l2e, shift);
+        let n = b.ins().fsub(kd, shift);
+        let kdi = self.to_int(b, kd);
+        let si = self.ik(b, EXP_SHIFT.to_bits() as i32);
+        let ni = b.ins().isub(kdi, si);
+        let c1 = self.k(b, -EXP_LN2_HI);
+        let c2 = self.k(b, -EXP_LN2_LO);
         let r = b.ins().fma(n, c1, x);
         let r = b.ins().fma(n, c2, r);
-        let mut p = self.k(b, 1.987_569_1e-4);
-        for c in [
-            1.398_199_9e-3,
-            8.333_452e-3,
-            4.166_579_6e-2,
-            1.666_666_5e-1,
-            0.5,
-        ] {
+        let mut p = self.k(b, EXP_POLY[0]);
+        for &c in &EXP_POLY[1..] {
             let kc = self.k(b, c);
             p = b.ins().fma(p, r, kc);
         }
@@ -134,59 +147,53 @@ impl Math<'_> {
         let y = b.ins().fma(p, rr, r);
         let one = self.k(b, 1.0);
         let y = b.ins().fadd(y, one);
-        let ni = b.ins().fcvt_to_sint_sat(self.int_ty(), n);
+        let h = b.ins().sshr_imm_u(ni, 1);
         let bias = self.ik(b, 127);
-        let ni = b.ins().iadd(ni, bias);
-        let ni = b.ins().ishl_imm_u(ni, 23);
-        let scale = self.to_float(b, ni);
-        b.ins().fmul(y, scale)
+        let e1 = b.ins().iadd(h, bias);
+        let e1 = b.ins().ishl_imm_u(e1, 23);
+        let e2 = b.ins().isub(ni, h);
+        let e2 = b.ins().iadd(e2, bias);
+        let e2 = b.ins().ishl_imm_u(e2, 23);
+        let s1 = self.to_float(b, e1);
+        let s2 = self.to_float(b, e2);
+        let y = b.ins().fmul(y, s1);
+        b.ins().fmul(y, s2)
     }
 
-    /// erf x by the Numerical Recipes erfc fit the reference interpreter uses.
+    /// erf x: the reference's f32 operations in its order (`ops::elementwise::erf`).
     pub fn erf(&self, b: &mut FunctionBuilder, x: Value) -> Value {
+        use crate::ir::ops::elementwise::{ERF_C0, ERF_COEFFS};
         let z = b.ins().fabs(x);
-        let half = self.k(b, 0.5);
-        let one = self.k(b, 1.0);
-        let d = b.ins().fma(z, half, one);
+        let (half, one) = (self.k(b, 0.5), self.k(b, 1.0));
+        let hz = b.ins().fmul(half, z);
+        let d = b.ins().fadd(one, hz);
         let t = b.ins().fdiv(one, d);
-        let mut acc = self.k(b, 0.170_872_77);
-        for c in [
-            -0.822_152_23,
-            1.488_515_9,
-            -1.135_204,
-            0.278_868_07,
-            -0.186_288_06,
-            0.096_784_18,
-            0.374_091_96,
-            1.000_023_7,
-        ] {
+        let mut acc = self.k(b, ERF_COEFFS[0]);
+        for &c in &ERF_COEFFS[1..] {
+            let m = b.ins().fmul(t, acc);
             let kc = self.k(b, c);
-            acc = b.ins().fma(acc, t, kc);
+            acc = b.ins().fadd(kc, m);
         }
-        let c0 = self.k(b, -1.265_512_2);
-        let poly = b.ins().fma(t, acc, c0);
         let zz = b.ins().fmul(z, z);
-        let poly = b.ins().fsub(poly, zz);
+        let nzz = b.ins().fneg(zz);
+        let c0 = self.k(b, ERF_C0);
+        let a = b.ins().fsub(nzz, c0);
+        let m = b.ins().fmul(t, acc);
+        let poly = b.ins().fadd(a, m);
         let e = self.exp(b, poly);
         let r = b.ins().fmul(t, e);
-        let y = b.ins().fsub(one, r);
-        // erf is odd: give 1 - r the sign of x.
-        let yi = self.to_int(b, y);
-        let xi = self.to_int(b, x);
-        let sign = self.ik(b, i32::MIN);
-        let mag = self.ik(b, i32::MAX);
-        let xs = b.ins().band(xi, sign);
-        let ym = b.ins().band(yi, mag);
-        let o = b.ins().bor(ym, xs);
-        self.to_float(b, o)
+        let pos = b.ins().fsub(one, r);
+        let neg = b.ins().fsub(r, one);
+        let zero = self.k(b, 0.0);
+        let c = b.ins().fcmp(FloatCC::GreaterThanOrEqual, x, zero);
+        self.pick(b, c, pos, neg)
     }
 
     /// A unary op.
     pub fn unary(&self, b: &mut FunctionBuilder, u: UnaryOp, x: Value) -> Value {
         match u {
             UnaryOp::Neg => b.ins().fneg(x),
-            UnaryOp::Exp if self.fast_math => self.exp(b, x),
-            UnaryOp::Exp => super::wide::expf(b, x, self.ty),
+            UnaryOp::Exp => self.exp(b, x),
             UnaryOp::Log => self.call(b, 0, &[x]),
             UnaryOp::Sqrt => b.ins().sqrt(x),
             UnaryOp::Recip => {
@@ -194,16 +201,11 @@ impl Math<'_> {
                 b.ins().fdiv(one, x)
             }
             UnaryOp::Tanh => self.call(b, 1, &[x]),
-            UnaryOp::Erf if self.fast_math => self.erf(b, x),
-            UnaryOp::Erf => super::wide::erf(b, x, self.ty),
+            UnaryOp::Erf => self.erf(b, x),
             UnaryOp::Abs => b.ins().fabs(x),
             UnaryOp::Sigmoid => {
                 let nx = b.ins().fneg(x);
-                let e = if self.fast_math {
-                    self.exp(b, nx)
-                } else {
-                    super::wide::expf(b, nx, self.ty)
-                };
+                let e = self.exp(b, nx);
                 let one = self.k(b, 1.0);
                 let d = b.ins().fadd(one, e);
                 b.ins().fdiv(one, d)

@@ -3,7 +3,6 @@
 
 pub mod codegen;
 pub mod math;
-pub mod wide;
 
 use crate::lower::kernel::Kernel;
 use cranelift_codegen::ir::{types, AbiParam, UserFuncName};
@@ -32,16 +31,8 @@ fn err(e: impl std::fmt::Display) -> String {
     format!("Cranelift: {e}")
 }
 
-/// Code generation choices.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct CpuOptions {
-    /// Inline f32 polynomials for `exp`/`erf` (faster, ~2 ulp) instead of the reference's
-    /// functions (bit-identical elementwise results).
-    pub fast_math: bool,
-}
-
 /// Compiles every kernel for the host.
-pub fn compile(kernels: &[Kernel], opt: CpuOptions) -> Result<CpuKernels, String> {
+pub fn compile(kernels: &[Kernel]) -> Result<CpuKernels, String> {
     let mut flags = settings::builder();
     flags.set("opt_level", "speed").map_err(err)?;
     flags.set("is_pic", "false").map_err(err)?;
@@ -98,7 +89,7 @@ pub fn compile(kernels: &[Kernel], opt: CpuOptions) -> Result<CpuKernels, String
                 .iter()
                 .map(|&l| module.declare_func_in_func(l, b.func))
                 .collect();
-            codegen::define(&mut b, k, &libm, opt.fast_math);
+            codegen::define(&mut b, k, &libm);
             b.finalize(target);
         }
         module.define_function(id, &mut ctx).map_err(err)?;
