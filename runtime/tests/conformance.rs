@@ -265,6 +265,54 @@ fn matmuls_plain_transposed_batched() {
     }
 }
 
+/// Attention's head permutes fold into the products as strided views (reads and the result's
+/// write); results equal the lowering that materialises the permutes, bit for bit, and the
+/// reference within the product tolerance.
+#[test]
+fn attention_head_views() {
+    use lorac_compiler::lower::plan::{lower, LowerOptions, Step};
+    use lorac_runtime::exec::cpu::CpuProgram;
+    for n in SIZES {
+        let mut c = Case::new(450 + n as u64);
+        let heads = |c: &mut Case, name: &str| {
+            let x = c.input(name, &[2, n, 3, 4], -1.0, 1.0);
+            c.g.permute(x, &[0, 2, 1, 3]).unwrap()
+        };
+        let (q, k, v) = (heads(&mut c, "q"), heads(&mut c, "k"), heads(&mut c, "v"));
+        let kt = c.g.t(k).unwrap();
+        let s = c.g.matmul(q, kt).unwrap();
+        let ctx = c.g.matmul(s, v).unwrap();
+        let back = c.g.permute(ctx, &[0, 2, 1, 3]).unwrap();
+        let out = c.g.reshape(back, &[2 * n, 12]).unwrap();
+        c.g.set_output("ctx", out);
+        c.g.set_output("scores", s);
+        let plan = lower(&c.g).unwrap();
+        let views = plan
+            .steps
+            .iter()
+            .filter(|st| match st {
+                Step::MatMul { a, b, out_view, .. } => {
+                    a.view.is_some() || b.view.is_some() || out_view.is_some()
+                }
+                _ => false,
+            })
+            .count();
+        assert_eq!(views, 2, "both products read or write through views");
+        c.check(&format!("attention[{n}]"), RED);
+        let with = CpuProgram::new(&c.g).unwrap().run(&[&c.inputs]).unwrap();
+        let opt = LowerOptions {
+            strided_views: false,
+        };
+        let without = CpuProgram::with_lowering(&c.g, opt)
+            .unwrap()
+            .run(&[&c.inputs])
+            .unwrap();
+        for name in ["ctx", "scores"] {
+            assert_eq!(with[name], without[name], "{name}[{n}]");
+        }
+    }
+}
+
 #[test]
 fn views_and_gathers() {
     for n in SIZES {

@@ -34,13 +34,106 @@ pub struct Buf {
     pub len: usize,
 }
 
-/// A matrix-product operand: a buffer, read transposed (last two axes swapped) or not.
+/// A matrix-product operand: a buffer, read transposed (last two axes swapped), through a
+/// permuted view, or as stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Mat {
     /// The buffer.
     pub buf: BufId,
     /// Read as the transpose of its stored `[.., cols, rows]` layout.
     pub trans: bool,
+    /// Read through these element strides instead (a permute folded into the product).
+    pub view: Option<Strides>,
+}
+
+/// Element strides of the batched matrices of a permuted view of a contiguous buffer (rank at
+/// most 4, so at most two batch axes): how attention reads and writes heads in place.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Strides {
+    /// `(extent, stride)` of the outer and inner batch axes; batch `i` is
+    /// `(i / inner extent, i % inner extent)`.
+    pub batch: [(usize, usize); 2],
+    /// Stride between rows.
+    pub row: usize,
+    /// Stride between columns.
+    pub col: usize,
+}
+
+impl Strides {
+    /// The view of `permute(x, perm)` for a contiguous `x` of shape `src` (`None` past rank 4).
+    pub fn of_permute(src: &[usize], perm: &[usize]) -> Option<Strides> {
+        let r = src.len();
+        if !(2..=4).contains(&r) || perm.len() != r {
+            return None;
+        }
+        let mut stride = vec![1usize; r];
+        for d in (0..r - 1).rev() {
+            stride[d] = stride[d + 1] * src[d + 1];
+        }
+        let axes: Vec<(usize, usize)> = perm.iter().map(|&p| (src[p], stride[p])).collect();
+        Some(Strides::from_axes(&axes))
+    }
+
+    /// The view through which a product's `[.., m, n]` result lands in `permute(result, perm)`
+    /// stored contiguously (`None` past rank 4).
+    pub fn into_permute(result: &[usize], perm: &[usize]) -> Option<Strides> {
+        let r = result.len();
+        if !(2..=4).contains(&r) || perm.len() != r {
+            return None;
+        }
+        let dst: Vec<usize> = perm.iter().map(|&p| result[p]).collect();
+        let mut stride = vec![1usize; r];
+        for d in (0..r - 1).rev() {
+            stride[d] = stride[d + 1] * dst[d + 1];
+        }
+        let mut axes = vec![(0, 0); r];
+        for (d, &p) in perm.iter().enumerate() {
+            axes[p] = (result[p], stride[d]);
+        }
+        Some(Strides::from_axes(&axes))
+    }
+
+    fn from_axes(axes: &[(usize, usize)]) -> Strides {
+        let r = axes.len();
+        let mut batch = [(1, 0); 2];
+        for (slot, &ax) in batch[4 - r.max(2)..].iter_mut().zip(&axes[..r - 2]) {
+            *slot = ax;
+        }
+        Strides {
+            batch,
+            row: axes[r - 2].1,
+            col: axes[r - 1].1,
+        }
+    }
+
+    /// Rows are contiguous, as in a stored row-major matrix. Only such views are folded:
+    /// `gemm` picks its kernel by layout, and a column-strided operand rounds differently
+    /// from the row-major copy the reference interpreter multiplies.
+    pub fn rows_contiguous(&self) -> bool {
+        self.col == 1
+    }
+
+    /// Element offset of batch matrix `i`.
+    pub fn batch_offset(&self, i: usize) -> usize {
+        let inner = self.batch[1].0.max(1);
+        (i / inner) * self.batch[0].1 + (i % inner) * self.batch[1].1
+    }
+}
+
+/// Lowering choices.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LowerOptions {
+    /// Fold head permutes into products as strided views ([`Strides`]); a backend whose
+    /// batched products take one batch stride only (cuBLAS) materialises them instead.
+    pub strided_views: bool,
+}
+
+impl Default for LowerOptions {
+    fn default() -> Self {
+        LowerOptions {
+            strided_views: true,
+        }
+    }
 }
 
 /// One step of a lowered program.
@@ -63,6 +156,8 @@ pub enum Step {
         b: Mat,
         /// Output `[batch, m, n]`.
         out: BufId,
+        /// Written through these strides instead of contiguously (a permute folded in).
+        out_view: Option<Strides>,
         /// Batch count.
         batch: usize,
         /// Rows of the output.
@@ -118,6 +213,7 @@ const RECOMPUTE: usize = 4;
 
 struct Lower<'g> {
     g: &'g Graph,
+    opt: LowerOptions,
     cost: std::cell::RefCell<HashMap<NodeId, Option<usize>>>,
     outputs: HashSet<NodeId>,
     plan: Plan,
@@ -270,6 +366,42 @@ impl Lower<'_> {
                 .users(id)
                 .iter()
                 .all(|&u| matches!(self.node(u).op, Op::MatMul))
+    }
+
+    /// A permute (not a plain transpose) only matrix products read: they read its operand's
+    /// buffer through strides.
+    fn virtual_perm(&self, id: NodeId) -> bool {
+        let Op::Permute { perm } = &self.node(id).op else {
+            return false;
+        };
+        let src = self.g.shape(self.g.inputs(id)[0]);
+        self.opt.strided_views
+            && !self.virtual_t(id)
+            && !self.outputs.contains(&id)
+            && Strides::of_permute(src, perm).is_some_and(|v| v.rows_contiguous())
+            && self
+                .users(id)
+                .iter()
+                .all(|&u| matches!(self.node(u).op, Op::MatMul))
+    }
+
+    /// The permute a product's result can be written into directly: the product's only user,
+    /// itself stored (not a view).
+    fn out_perm(&self, id: NodeId) -> Option<(NodeId, Strides)> {
+        if !self.opt.strided_views || self.outputs.contains(&id) {
+            return None;
+        }
+        let users = self.users(id);
+        let p = *users.first()?;
+        let Op::Permute { perm } = &self.node(p).op else {
+            return None;
+        };
+        if users.iter().any(|&u| u != p) || self.virtual_t(p) || self.virtual_perm(p) {
+            return None;
+        }
+        Strides::into_permute(self.g.shape(id), perm)
+            .filter(Strides::rows_contiguous)
+            .map(|v| (p, v))
     }
 
     fn temp(&mut self, id: NodeId) -> BufId {
@@ -434,20 +566,29 @@ impl Lower<'_> {
                 }
             }
             Op::Broadcast { .. } if self.virtual_bcast(id) => {}
-            Op::Permute { .. } if self.virtual_t(id) => {}
+            Op::Permute { .. } if self.virtual_t(id) || self.virtual_perm(id) => {}
+            // Written in place by its producing product (`out_perm`).
+            Op::Permute { .. } if self.buf.contains_key(&id) => {}
             Op::MatMul => {
                 let mat = |l: &Self, o: NodeId| -> R<Mat> {
-                    if l.virtual_t(o) {
-                        Ok(Mat {
-                            buf: l.get(l.g.inputs(o)[0])?,
+                    let src = l.g.inputs(o).first().copied();
+                    Ok(match (&l.node(o).op, src) {
+                        (Op::Permute { .. }, Some(x)) if l.virtual_t(o) => Mat {
+                            buf: l.get(x)?,
                             trans: true,
-                        })
-                    } else {
-                        Ok(Mat {
+                            view: None,
+                        },
+                        (Op::Permute { perm }, Some(x)) if l.virtual_perm(o) => Mat {
+                            buf: l.get(x)?,
+                            trans: false,
+                            view: Strides::of_permute(l.g.shape(x), perm),
+                        },
+                        _ => Mat {
                             buf: l.get(o)?,
                             trans: false,
-                        })
-                    }
+                            view: None,
+                        },
+                    })
                 };
                 let (a, b) = (mat(self, ops[0])?, mat(self, ops[1])?);
                 let (sa, sb) = (self.g.shape(ops[0]), self.g.shape(ops[1]));
@@ -458,11 +599,15 @@ impl Lower<'_> {
                     sa[r - 1],
                     sb[r - 1],
                 );
-                let out = self.temp(id);
+                let (out, out_view) = match self.out_perm(id) {
+                    Some((p, v)) => (self.temp(p), Some(v)),
+                    None => (self.temp(id), None),
+                };
                 self.plan.steps.push(Step::MatMul {
                     a,
                     b,
                     out,
+                    out_view,
                     batch,
                     m,
                     k,
@@ -514,9 +659,15 @@ impl Lower<'_> {
 
 /// Lowers a graph to a plan.
 pub fn lower(g: &Graph) -> R<Plan> {
+    lower_with(g, LowerOptions::default())
+}
+
+/// [`lower`] with explicit choices.
+pub fn lower_with(g: &Graph, opt: LowerOptions) -> R<Plan> {
     let order = g.topo()?;
     let mut l = Lower {
         g,
+        opt,
         cost: Default::default(),
         outputs: g.outputs.iter().map(|(_, i)| *i).collect(),
         plan: Plan::default(),

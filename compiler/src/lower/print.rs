@@ -60,18 +60,20 @@ pub fn plan(p: &Plan, mem: Option<&MemPlan>) -> String {
                 a,
                 b,
                 out,
+                out_view,
                 batch,
                 m,
                 k,
                 n,
             } => writeln!(
                 s,
-                "{} = matmul {batch}x[{m}x{k}]x[{k}x{n}] {}{} {}{}",
+                "{}{} = matmul {batch}x[{m}x{k}]x[{k}x{n}] {}{} {}{}",
                 name(*out),
+                view(out_view),
                 name(a.buf),
-                if a.trans { "ᵀ" } else { "" },
+                mat_mark(a),
                 name(b.buf),
-                if b.trans { "ᵀ" } else { "" }
+                mat_mark(b)
             ),
             Step::Host {
                 op,
@@ -99,4 +101,24 @@ pub fn plan(p: &Plan, mem: Option<&MemPlan>) -> String {
             .unwrap_or_default()
     );
     s
+}
+
+/// `ᵀ` for a transposed operand, its strides for a permuted view.
+fn mat_mark(m: &crate::lower::plan::Mat) -> String {
+    if m.trans {
+        "ᵀ".into()
+    } else {
+        view(&m.view)
+    }
+}
+
+/// A strided view as `{b0:s0,b1:s1|row,col}`, or nothing.
+fn view(v: &Option<crate::lower::plan::Strides>) -> String {
+    match v {
+        Some(v) => format!(
+            "{{{}:{},{}:{}|{},{}}}",
+            v.batch[0].0, v.batch[0].1, v.batch[1].0, v.batch[1].1, v.row, v.col
+        ),
+        None => String::new(),
+    }
 }

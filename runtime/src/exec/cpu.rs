@@ -8,7 +8,7 @@ use lorac_compiler::ir::{DType, Graph, Tensor};
 use lorac_compiler::lower::cpu::{compile, CpuKernels};
 use lorac_compiler::lower::kernel::{identity, Form};
 use lorac_compiler::lower::memplan::{self, MemPlan};
-use lorac_compiler::lower::plan::{lower, Mat, Plan, Step, Storage};
+use lorac_compiler::lower::plan::{lower_with, LowerOptions, Mat, Plan, Step, Storage, Strides};
 use rayon::prelude::*;
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -43,7 +43,12 @@ const PAR_MIN: usize = 1 << 15;
 impl CpuProgram {
     /// Lowers, plans memory and JIT-compiles a graph.
     pub fn new(g: &Graph) -> Result<CpuProgram, String> {
-        let plan = lower(g).map_err(|e| e.0)?;
+        CpuProgram::with_lowering(g, LowerOptions::default())
+    }
+
+    /// [`CpuProgram::new`] with explicit lowering choices (tests compare them).
+    pub fn with_lowering(g: &Graph, opt: LowerOptions) -> Result<CpuProgram, String> {
+        let plan = lower_with(g, opt).map_err(|e| e.0)?;
         let mem = memplan::plan(&plan);
         memplan::verify(&plan, &mem)?;
         let kernels = compile(&plan.kernels)?;
@@ -142,8 +147,20 @@ impl CpuProgram {
                         ..
                     } => format!(
                         "matmul {batch}x[{m}x{k}]{}@[{k}x{n}]{}",
-                        if a.trans { "T" } else { "" },
-                        if b.trans { "T" } else { "" }
+                        if a.trans {
+                            "T"
+                        } else if a.view.is_some() {
+                            "S"
+                        } else {
+                            ""
+                        },
+                        if b.trans {
+                            "T"
+                        } else if b.view.is_some() {
+                            "S"
+                        } else {
+                            ""
+                        }
                     ),
                     Step::Host { op, shape, .. } => format!("host {} {shape:?}", op.name()),
                 };
@@ -219,11 +236,12 @@ impl CpuProgram {
                 a,
                 b,
                 out,
+                out_view,
                 batch,
                 m,
                 k,
                 n,
-            } => matmul(ptr, *a, *b, *out, *batch, *m, *k, *n),
+            } => matmul(ptr, *a, *b, *out, *out_view, *batch, *m, *k, *n),
             Step::Host {
                 op,
                 ins,
@@ -262,12 +280,51 @@ impl CpuProgram {
     }
 }
 
-/// Row and column strides of a matrix operand of logical shape `rows × cols`.
-fn mat_strides(t: Mat, rows: usize, cols: usize) -> (isize, isize) {
-    if t.trans {
-        (1, rows as isize)
-    } else {
-        (cols as isize, 1)
+/// Where the matrices of a batched operand or result live: row and column strides, and the
+/// strided view that places each batch (contiguous `rows × cols` blocks when `None`).
+#[derive(Clone, Copy)]
+struct Layout {
+    rs: isize,
+    cs: isize,
+    view: Option<Strides>,
+    block: usize,
+}
+
+impl Layout {
+    fn of(t: Mat, rows: usize, cols: usize) -> Layout {
+        match t.view {
+            Some(v) => Layout::strided(v),
+            None if t.trans => Layout {
+                rs: 1,
+                cs: rows as isize,
+                view: None,
+                block: rows * cols,
+            },
+            None => Layout::dense(rows, cols),
+        }
+    }
+    fn dense(rows: usize, cols: usize) -> Layout {
+        Layout {
+            rs: cols as isize,
+            cs: 1,
+            view: None,
+            block: rows * cols,
+        }
+    }
+    fn strided(v: Strides) -> Layout {
+        Layout {
+            rs: v.row as isize,
+            cs: v.col as isize,
+            view: Some(v),
+            block: 0,
+        }
+    }
+    /// Element offset of batch `i`.
+    fn offset(&self, i: usize) -> usize {
+        match self.view {
+            Some(v) => v.batch_offset(i),
+            None => i * self.block,
+        }
     }
 }
 
@@ -277,6 +334,7 @@ unsafe fn matmul(
     a: Mat,
     b: Mat,
     out: usize,
+    out_view: Option<Strides>,
     batch: usize,
     m: usize,
     k: usize,
@@ -285,12 +343,13 @@ unsafe fn matmul(
     // gemm's blocking (and so its rounding) can depend on operand layout for thin shapes:
     // small transposed operands are copied row-major first, exactly as the reference
     // interpreter materialises them, so results stay bit-identical. Large ones (frozen
-    // weights) are read through strides: measured identical, and a copy would cost more.
+    // weights) and permuted views (attention heads) are read through strides: measured
+    // identical, and a copy would cost more.
     let mut copies: [Vec<f32>; 2] = [vec![], vec![]];
-    let mut operand = |mt: Mat, rows: usize, cols: usize, slot: usize| -> (Mat, usize) {
+    let mut operand = |mt: Mat, rows: usize, cols: usize, slot: usize| -> (Layout, usize) {
         let len = batch * rows * cols;
-        if !mt.trans || len > SMALL_T {
-            return (mt, ptr[mt.buf] as usize);
+        if mt.view.is_some() || !mt.trans || len > SMALL_T {
+            return (Layout::of(mt, rows, cols), ptr[mt.buf] as usize);
         }
         let src = std::slice::from_raw_parts(ptr[mt.buf] as *const f32, len);
         let v = &mut copies[slot];
@@ -303,26 +362,27 @@ unsafe fn matmul(
                 }
             }
         }
-        (
-            Mat {
-                buf: mt.buf,
-                trans: false,
-            },
-            v.as_ptr() as usize,
-        )
+        (Layout::dense(rows, cols), v.as_ptr() as usize)
     };
-    let (a, pa) = operand(a, m, k, 0);
-    let (b, pb) = operand(b, k, n, 1);
-    let (ars, acs) = mat_strides(a, m, k);
-    let (brs, bcs) = mat_strides(b, k, n);
+    let (la, pa) = operand(a, m, k, 0);
+    let (lb, pb) = operand(b, k, n, 1);
+    let lo = match out_view {
+        Some(v) => Layout::strided(v),
+        None => Layout::dense(m, n),
+    };
     let po = ptr[out] as usize;
     let one = |i: usize, par: gemm::Parallelism| {
         let (pa, pb, po) = (pa as *const f32, pb as *const f32, po as *mut f32);
-        // SAFETY: batch `i` addresses its own `m×k`, `k×n` and `m×n` blocks.
+        // SAFETY: batch `i` addresses its own `m×k`, `k×n` and `m×n` blocks (views place
+        // them inside their buffers; distinct batches of a result never overlap).
         unsafe {
-            let dst = po.add(i * m * n);
+            let dst = po.add(lo.offset(i));
             if k == 0 {
-                std::slice::from_raw_parts_mut(dst, m * n).fill(0.0);
+                for r in 0..m {
+                    for c in 0..n {
+                        *dst.offset(r as isize * lo.rs + c as isize * lo.cs) = 0.0;
+                    }
+                }
                 return;
             }
             gemm::gemm(
@@ -330,15 +390,15 @@ unsafe fn matmul(
                 n,
                 k,
                 dst,
-                1,
-                n as isize,
+                lo.cs,
+                lo.rs,
                 false,
-                pa.add(i * m * k),
-                acs,
-                ars,
-                pb.add(i * k * n),
-                bcs,
-                brs,
+                pa.add(la.offset(i)),
+                la.cs,
+                la.rs,
+                pb.add(lb.offset(i)),
+                lb.cs,
+                lb.rs,
                 0.0,
                 1.0,
                 false,

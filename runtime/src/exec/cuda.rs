@@ -217,11 +217,21 @@ impl CudaProgram {
                 a,
                 b,
                 out,
+                out_view: None,
                 batch,
                 m,
                 k,
                 n,
-            } => self.gemm(ptr, *a, *b, *out, *batch, *m, *k, *n)?,
+            } if a.view.is_none() && b.view.is_none() => {
+                self.gemm(ptr, *a, *b, *out, *batch, *m, *k, *n)?
+            }
+            Step::MatMul { .. } => {
+                return Err(
+                    "a strided matrix view reached the CUDA executor (it lowers \
+                     without them)"
+                        .into(),
+                )
+            }
             Step::Host {
                 op,
                 ins,

@@ -118,7 +118,7 @@ pub fn plan_json(p: &Plan, m: &MemPlan, function: &[String], module: &str) -> Va
                     "args": args,
                 })
             }
-            Step::MatMul { a, b, out, batch, m: mm, k, n } => {
+            Step::MatMul { a, b, out, batch, m: mm, k, n, .. } => {
                 gemm(p, m, *a, *b, *out, *batch, *mm, *k, *n)
             }
             Step::Host { op, ins, out, shape } => json!({

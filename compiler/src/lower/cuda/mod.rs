@@ -77,7 +77,11 @@ pub struct Emitted {
 /// Lowers an optimised graph, plans its memory and renders kernels and launch plan;
 /// `module` is the file name the launch plan gives the source.
 pub fn emit(g: &crate::ir::Graph, module_name: &str) -> crate::ir::R<Emitted> {
-    let plan = crate::lower::plan::lower(g)?;
+    // cuBLAS batches take one batch stride, so head permutes stay materialised.
+    let opt = crate::lower::plan::LowerOptions {
+        strided_views: false,
+    };
+    let plan = crate::lower::plan::lower_with(g, opt)?;
     let mem = crate::lower::memplan::plan(&plan);
     crate::lower::memplan::verify(&plan, &mem).map_err(crate::ir::IrError)?;
     let m = module(&plan.kernels);
