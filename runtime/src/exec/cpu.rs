@@ -205,13 +205,26 @@ impl CpuProgram {
                 let rows = k.rows as i64;
                 match k.form {
                     Form::ColReduce(ReduceOp::Sum) => {
-                        // Column sums accumulate in an f64 row, like the reference.
-                        let mut acc = vec![-0.0f64; k.inner];
+                        // The reference's f64 sum (`ops::reduce::sum_f64`): rows of the whole
+                        // groups of four into four partial rows, combined pairwise, then the
+                        // last rows one by one.
+                        let inner = k.inner;
+                        let full = rows / 4 * 4;
+                        let mut acc = vec![-0.0f64; 4 * inner];
                         ps.push(acc.as_mut_ptr() as *mut f32);
-                        f(ps.as_ptr(), 0, rows);
-                        let o = std::slice::from_raw_parts_mut(ps[ins.len()], k.inner);
-                        for (o, a) in o.iter_mut().zip(&acc) {
-                            *o = *a as f32;
+                        f(ps.as_ptr(), 0, full);
+                        let mut tail = vec![-0.0f64; 4 * inner];
+                        *ps.last_mut().expect("scratch pushed") = tail.as_mut_ptr() as *mut f32;
+                        f(ps.as_ptr(), full, rows);
+                        let o = std::slice::from_raw_parts_mut(ps[ins.len()], inner);
+                        for (j, o) in o.iter_mut().enumerate() {
+                            let s = &acc;
+                            let mut t =
+                                (s[j] + s[inner + j]) + (s[2 * inner + j] + s[3 * inner + j]);
+                            for slot in 0..(rows - full) as usize {
+                                t += tail[slot * inner + j];
+                            }
+                            *o = t as f32;
                         }
                     }
                     Form::ColReduce(op) => {

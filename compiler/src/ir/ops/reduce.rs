@@ -28,7 +28,24 @@ pub fn split(shape: &[usize], axis: usize) -> (usize, usize, usize) {
     )
 }
 
-/// Reference semantics (sums accumulate in f64).
+/// loraC's sum of `n` values `at(0..n)`: in f64, element k into partial sum k mod 4 over the
+/// whole groups of four, the partials combined as (s0 + s1) + (s2 + s3), then the remaining
+/// elements added in order. Four independent chains let the CPU backend sum 4 lanes at a time
+/// and still agree bit for bit.
+pub fn sum_f64(n: usize, at: impl Fn(usize) -> f32) -> f64 {
+    let full = n / 4 * 4;
+    let mut s = [-0.0f64; 4];
+    for k in 0..full {
+        s[k % 4] += at(k) as f64;
+    }
+    let mut t = (s[0] + s[1]) + (s[2] + s[3]);
+    for k in full..n {
+        t += at(k) as f64;
+    }
+    t
+}
+
+/// Reference semantics (sums as [`sum_f64`]).
 pub fn eval(op: &Op, ins: &[&Tensor]) -> Result<Tensor, String> {
     let Op::Reduce { op: r, axis } = op else {
         return Err("not a reduction".into());
@@ -41,7 +58,7 @@ pub fn eval(op: &Op, ins: &[&Tensor]) -> Result<Tensor, String> {
         for i in 0..inner {
             let at = |k: usize| v[(o * n + k) * inner + i];
             out[o * inner + i] = match r {
-                ReduceOp::Sum => (0..n).map(|k| at(k) as f64).sum::<f64>() as f32,
+                ReduceOp::Sum => sum_f64(n, at) as f32,
                 ReduceOp::Max => (0..n).map(at).fold(f32::NEG_INFINITY, f32::max),
             };
         }

@@ -63,7 +63,8 @@ fn body(b: &mut FunctionBuilder, k: &Kernel, m: &Math, rows: &[RowOp], byte: Val
 }
 
 /// Emits the kernel's function body into `b` (whose signature is `(i64, i64, i64)`). A
-/// column sum also reads an f64 scratch row (zeroed by the caller) after its output pointer.
+/// column sum also reads four f64 scratch rows (zeroed by the caller; row r adds into scratch
+/// row r mod 4) after its output pointer.
 pub fn define(b: &mut FunctionBuilder, k: &Kernel, libm: &[FuncRef]) {
     let entry = b.create_block();
     b.append_block_params_for_function_params(entry);
@@ -122,6 +123,14 @@ pub fn define(b: &mut FunctionBuilder, k: &Kernel, libm: &[FuncRef]) {
             }
         });
     }
+    // A column sum adds row r into f64 scratch row r mod 4 (the reference's partial sums).
+    let scratch_row = if scratch == 1 {
+        let slot = b.ins().band_imm_u(r, 3);
+        let off = b.ins().imul_imm_s(slot, inner * 8);
+        Some(b.ins().iadd(base[nops + 1], off))
+    } else {
+        None
+    };
     let outs: Vec<Value> = (0..k.outputs.len())
         .map(|o| match k.form {
             Form::Map => {
@@ -136,13 +145,15 @@ pub fn define(b: &mut FunctionBuilder, k: &Kernel, libm: &[FuncRef]) {
         })
         .collect();
 
-    // Vector loop over j in 0..nvec. Row sums accumulate in one f64, element by element in
-    // index order, exactly as the reference does (bit-identical results); max accumulates in
-    // f32 (exact in any order).
+    // Vector loop over j in 0..nvec. Row sums accumulate in four f64 partial sums (element j
+    // into partial j mod 4: lanes 0–1 and 2–3 as two f64x2), combined as (s0 + s1) + (s2 + s3)
+    // before the tail adds its elements one by one: exactly the reference's definition
+    // (`ops::reduce::sum_f64`), so bit-identical. Max accumulates in f32 (exact in any order).
     let vec_hdr = b.create_block();
     b.append_block_param(vec_hdr, types::I64);
     b.append_block_param(vec_hdr, types::F32X4);
-    b.append_block_param(vec_hdr, types::F64);
+    b.append_block_param(vec_hdr, types::F64X2);
+    b.append_block_param(vec_hdr, types::F64X2);
     let vec_body = b.create_block();
     let vec_done = b.create_block();
     let tail_hdr = b.create_block();
@@ -157,6 +168,7 @@ pub fn define(b: &mut FunctionBuilder, k: &Kernel, libm: &[FuncRef]) {
     let zero = b.ins().iconst(types::I64, 0);
     let acc0 = vec4.k(b, ident);
     let z64 = b.ins().f64const(-0.0);
+    let z64x2 = b.ins().splat(types::F64X2, z64);
     let first = if matches!(k.form, Form::Map) && nvec >= 8 {
         map_pairs(b, k, &vec4, &rows, &outs, nvec / 8 * 8)
     } else {
@@ -167,7 +179,8 @@ pub fn define(b: &mut FunctionBuilder, k: &Kernel, libm: &[FuncRef]) {
         &[
             BlockArg::Value(first),
             BlockArg::Value(acc0),
-            BlockArg::Value(z64),
+            BlockArg::Value(z64x2),
+            BlockArg::Value(z64x2),
         ],
     );
 
@@ -180,20 +193,18 @@ pub fn define(b: &mut FunctionBuilder, k: &Kernel, libm: &[FuncRef]) {
     let byte = b.ins().ishl_imm_u(hp[0], 2);
     let vals = body(b, k, &vec4, &rows, byte);
     let v = vals[k.outputs[0]];
-    let (mut acc32, mut acc64) = (hp[1], hp[2]);
+    let (mut acc32, mut acc_lo, mut acc_hi) = (hp[1], hp[2], hp[3]);
     match (k.form, red) {
         (Form::RowReduce(ReduceOp::Sum), _) => {
-            for lane in 0..4u8 {
-                let l = b.ins().extractlane(v, lane);
-                let w = b.ins().fpromote(types::F64, l);
-                acc64 = b.ins().fadd(acc64, w);
-            }
+            let (lo, hi) = widen(b, v);
+            acc_lo = b.ins().fadd(acc_lo, lo);
+            acc_hi = b.ins().fadd(acc_hi, hi);
         }
         (Form::RowReduce(op), _) => acc32 = combine(b, op, acc32, v),
         (Form::ColReduce(ReduceOp::Sum), _) => {
             let (lo, hi) = widen(b, v);
             let off = b.ins().ishl_imm_u(hp[0], 3);
-            let a = b.ins().iadd(base[nops + 1], off);
+            let a = b.ins().iadd(scratch_row.unwrap_or(base[nops + 1]), off);
             for (h, part) in [(0, lo), (16, hi)] {
                 let o = b.ins().load(types::F64X2, mem(), a, h);
                 let n = b.ins().fadd(o, part);
@@ -219,7 +230,8 @@ pub fn define(b: &mut FunctionBuilder, k: &Kernel, libm: &[FuncRef]) {
         &[
             BlockArg::Value(j4),
             BlockArg::Value(acc32),
-            BlockArg::Value(acc64),
+            BlockArg::Value(acc_lo),
+            BlockArg::Value(acc_hi),
         ],
     );
 
@@ -233,7 +245,16 @@ pub fn define(b: &mut FunctionBuilder, k: &Kernel, libm: &[FuncRef]) {
         }
         _ => one.k(b, ident),
     };
-    let hs64 = hp[2];
+    let hs64 = {
+        let half = |b: &mut FunctionBuilder, v: Value| {
+            let x = b.ins().extractlane(v, 0);
+            let y = b.ins().extractlane(v, 1);
+            b.ins().fadd(x, y)
+        };
+        let lo = half(b, hp[2]);
+        let hi = half(b, hp[3]);
+        b.ins().fadd(lo, hi)
+    };
     let nv = b.ins().iconst(types::I64, nvec);
     b.ins().jump(
         tail_hdr,
@@ -269,7 +290,7 @@ pub fn define(b: &mut FunctionBuilder, k: &Kernel, libm: &[FuncRef]) {
         Form::ColReduce(ReduceOp::Sum) => {
             let w = b.ins().fpromote(types::F64, v);
             let off = b.ins().ishl_imm_u(tp[0], 3);
-            let a = b.ins().iadd(base[nops + 1], off);
+            let a = b.ins().iadd(scratch_row.unwrap_or(base[nops + 1]), off);
             let o = b.ins().load(types::F64, mem(), a, 0);
             let n = b.ins().fadd(o, w);
             b.ins().store(mem(), n, a, 0);
