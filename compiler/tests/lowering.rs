@@ -119,3 +119,35 @@ fn memory_plan_reuses_bytes_and_its_verifier_catches_overlap() {
     };
     assert!(memplan::verify(&p, &bad).is_err());
 }
+
+/// A map over narrow rows (per-token gate values, `[T, k, e, 1]`) runs over wide rows, and
+/// means the same: each output element from the same operand elements.
+#[test]
+fn narrow_maps_are_retiled_to_wide_rows() {
+    let mut g = Graph::new();
+    let a = input(&mut g, "a", &[2048, 16, 1]);
+    let b = input(&mut g, "b", &[2048, 16, 1]);
+    let y = g.times(a, b).unwrap();
+    let y = g.un(UnaryOp::Neg, y).unwrap();
+    g.set_output("y", y);
+    let p = lower(&g).unwrap();
+    assert_eq!(p.kernels.len(), 1);
+    let k = &p.kernels[0];
+    assert_eq!((k.rows, k.inner), (32, 1024));
+    let av: Vec<f32> = (0..32768).map(|i| i as f32 * 0.5).collect();
+    let bv: Vec<f32> = (0..32768).map(|i| 3.0 - i as f32).collect();
+    let mut out = vec![vec![0f32; 32768]];
+    k.eval_host(&[&av, &bv], &mut out);
+    for i in [0, 1, 1023, 1024, 20_000, 32_767] {
+        assert_eq!(out[0][i], -(av[i] * bv[i]), "element {i}");
+    }
+    // A per-row broadcast over wider rows keeps its shape.
+    let mut g = Graph::new();
+    let x = input(&mut g, "x", &[100, 8]);
+    let s = input(&mut g, "s", &[100, 1]);
+    let sb = g.bc(s, &[100, 8]).unwrap();
+    let y = g.times(x, sb).unwrap();
+    g.set_output("y", y);
+    let p = lower(&g).unwrap();
+    assert_eq!((p.kernels[0].rows, p.kernels[0].inner), (100, 8));
+}

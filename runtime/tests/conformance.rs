@@ -406,8 +406,7 @@ fn sums_are_bit_identical_to_the_reference() {
                     sign * [1e20, 1.0, 3.0][c.rng.random_range(0..3)]
                 })
                 .collect();
-            c.inputs
-                .insert(name.into(), Tensor::f32(shape.to_vec(), v));
+            c.inputs.insert(name.into(), Tensor::f32(shape.to_vec(), v));
             id
         };
         let x = mixed(&mut c, "x", &[5, n]);

@@ -525,6 +525,9 @@ impl Lower<'_> {
             _ => self.emit(body_root, space, &mut k, &mut ins, false)?,
         };
         k.outputs.push(root);
+        if form == Form::Map {
+            retile(&mut k);
+        }
         let out = self.temp(id);
         self.plan.kernels.push(k);
         self.plan.steps.push(Step::Kernel {
@@ -655,6 +658,26 @@ impl Lower<'_> {
         });
         Ok(())
     }
+}
+
+/// Gives a map over narrow rows (`inner` < 64: gate weights, per-token scalars) wider rows
+/// when every operand is read element for element, so the vector loop, not the per-row
+/// overhead, does the work. Element `(r, j)` stays element `r·inner + j`.
+fn retile(k: &mut Kernel) {
+    let total = k.rows * k.inner;
+    let elementwise = |a: &Access| match *a {
+        Access::Vec { div } => div == 1,
+        // A per-row scalar of single-element rows is that element.
+        Access::Splat { div } => div == 1 && k.inner == 1,
+    };
+    if k.inner >= 64 || k.rows == 1 || !k.operands.iter().all(elementwise) {
+        return;
+    }
+    let Some(width) = [1024, 256, 64].into_iter().find(|w| total % w == 0) else {
+        return;
+    };
+    k.operands = vec![Access::Vec { div: 1 }; k.operands.len()];
+    (k.rows, k.inner) = (total / width, width);
 }
 
 /// Lowers a graph to a plan.
