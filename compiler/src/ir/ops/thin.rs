@@ -52,9 +52,11 @@ const MIN_WORK: usize = 1 << 16;
 /// Products below this many multiply-adds stay on one thread.
 const PAR_WORK: usize = 1 << 18;
 
-/// Whether `[m×k] @ [k×n]` goes through this kernel.
+/// Whether `[m×k] @ [k×n]` goes through this kernel: a thin output side. A thin inner
+/// dimension alone (`G·B`, output `m×n` both large) stays with `gemm`: the kernel handles it
+/// correctly but was slower in a training step (output writes dominate, gemm does them better).
 pub fn applies(m: usize, k: usize, n: usize) -> bool {
-    m.min(k).min(n) <= THIN && m.saturating_mul(k).saturating_mul(n) >= MIN_WORK
+    m.min(n) <= THIN && m.saturating_mul(k).saturating_mul(n) >= MIN_WORK
 }
 
 /// Whether the AVX-512 path can run on this CPU.
