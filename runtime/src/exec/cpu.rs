@@ -3,6 +3,7 @@
 //! host ops for the rest.
 
 use super::host::{self, In, Out};
+use lorac_compiler::ir::ops::thin;
 use lorac_compiler::ir::ReduceOp;
 use lorac_compiler::ir::{DType, Graph, Tensor};
 use lorac_compiler::lower::cpu::{compile, CpuKernels};
@@ -396,6 +397,23 @@ unsafe fn matmul(
                         *dst.offset(r as isize * lo.rs + c as isize * lo.cs) = 0.0;
                     }
                 }
+                return;
+            }
+            if thin::applies(m, k, n) {
+                let view = |p: *const f32, rs, cs| thin::View { ptr: p, rs, cs };
+                let (a, b) = (
+                    view(pa.add(i * m * k), ars, acs),
+                    view(pb.add(i * k * n), brs, bcs),
+                );
+                thin::matmul(
+                    m,
+                    k,
+                    n,
+                    a,
+                    b,
+                    dst,
+                    matches!(par, gemm::Parallelism::Rayon(_)),
+                );
                 return;
             }
             gemm::gemm(

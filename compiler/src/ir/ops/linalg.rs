@@ -1,6 +1,6 @@
 //! Batched matrix products and the small damped SPD solve.
 
-use super::{want_f32, Ins};
+use super::{thin, want_f32, Ins};
 use crate::ir::graph::{Graph, NodeId, R};
 use crate::ir::op::{DType, Op};
 use crate::ir::tensor::Tensor;
@@ -42,7 +42,8 @@ pub fn infer(op: &Op, ins: &Ins<'_>) -> Result<(Vec<usize>, DType), String> {
     }
 }
 
-/// `out[m, n] = a[m, k] @ b[k, n]` (row-major) through the `gemm` crate.
+/// `out[m, n] = a[m, k] @ b[k, n]` (row-major): thin products through `thin`, the rest
+/// through the `gemm` crate.
 pub fn gemm_rowmajor(m: usize, k: usize, n: usize, a: &[f32], b: &[f32], out: &mut [f32]) {
     if m == 0 || n == 0 {
         return;
@@ -55,6 +56,12 @@ pub fn gemm_rowmajor(m: usize, k: usize, n: usize, a: &[f32], b: &[f32], out: &m
         a.len() >= m * k && b.len() >= k * n && out.len() >= m * n,
         "gemm operand sizes"
     );
+    if thin::applies(m, k, n) {
+        let (a, b) = (thin::View::row_major(a, k), thin::View::row_major(b, n));
+        // SAFETY: the asserted lengths cover both operands and the output.
+        unsafe { thin::matmul(m, k, n, a, b, out.as_mut_ptr(), m * n * k >= 1 << 20) };
+        return;
+    }
     // SAFETY: the asserted lengths cover every element the strides below address.
     unsafe {
         gemm::gemm(

@@ -7,6 +7,7 @@ pub mod linalg;
 pub mod random;
 pub mod reduce;
 pub mod routing;
+pub mod thin;
 pub mod view;
 
 use super::graph::{Graph, NodeId, R};
