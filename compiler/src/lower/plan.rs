@@ -673,7 +673,10 @@ fn retile(k: &mut Kernel) {
     if k.inner >= 64 || k.rows == 1 || !k.operands.iter().all(elementwise) {
         return;
     }
-    let Some(width) = [1024, 256, 64].into_iter().find(|w| total.is_multiple_of(*w)) else {
+    let Some(width) = [1024, 256, 64]
+        .into_iter()
+        .find(|w| total.is_multiple_of(*w))
+    else {
         return;
     };
     k.operands = vec![Access::Vec { div: 1 }; k.operands.len()];

@@ -399,21 +399,27 @@ unsafe fn matmul(
                 }
                 return;
             }
+            // Thin products (a LoRA rank side) take the reference's own kernel, which writes
+            // a contiguous result: a strided destination gets it through a small copy.
             if thin::applies(m, k, n) {
-                let view = |p: *const f32, rs, cs| thin::View { ptr: p, rs, cs };
-                let (a, b) = (
-                    view(pa.add(i * m * k), ars, acs),
-                    view(pb.add(i * k * n), brs, bcs),
-                );
-                thin::matmul(
-                    m,
-                    k,
-                    n,
-                    a,
-                    b,
-                    dst,
-                    matches!(par, gemm::Parallelism::Rayon(_)),
-                );
+                let view = |p: *const f32, l: Layout| thin::View {
+                    ptr: p.add(l.offset(i)),
+                    rs: l.rs,
+                    cs: l.cs,
+                };
+                let (a, b) = (view(pa, la), view(pb, lb));
+                let par = matches!(par, gemm::Parallelism::Rayon(_));
+                if lo.view.is_none() {
+                    thin::matmul(m, k, n, a, b, dst, par);
+                } else {
+                    let mut tmp = vec![0f32; m * n];
+                    thin::matmul(m, k, n, a, b, tmp.as_mut_ptr(), par);
+                    for r in 0..m {
+                        for c in 0..n {
+                            *dst.offset(r as isize * lo.rs + c as isize * lo.cs) = tmp[r * n + c];
+                        }
+                    }
+                }
                 return;
             }
             gemm::gemm(
