@@ -313,6 +313,21 @@ fn attention_head_views() {
     }
 }
 
+/// Permutes large enough to be split across threads (attention's key transpose).
+#[test]
+fn large_permutes() {
+    let mut c = Case::new(460);
+    let x = c.input("x", &[3, 200, 5, 40], -1.0, 1.0);
+    for (i, perm) in [[0, 2, 3, 1], [0, 2, 1, 3], [3, 1, 0, 2]]
+        .iter()
+        .enumerate()
+    {
+        let p = c.g.permute(x, perm).unwrap();
+        c.g.set_output(&format!("p{i}"), p);
+    }
+    c.check("large permutes", 0.0);
+}
+
 #[test]
 fn views_and_gathers() {
     for n in SIZES {

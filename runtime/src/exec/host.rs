@@ -54,7 +54,15 @@ fn walk(shape: &[usize], st: &[usize], mut f: impl FnMut(usize, usize)) {
     }
 }
 
-fn strided<T: Copy>(src: &[T], dst: &mut [T], shape: &[usize], st: &[usize]) {
+fn strided<T: Copy + Send + Sync>(src: &[T], dst: &mut [T], shape: &[usize], st: &[usize]) {
+    // Large copies (attention's key transposes) split over the leading axis across threads.
+    if dst.len() >= 1 << 16 && shape.len() > 1 && shape[0] > 1 {
+        let per = dst.len() / shape[0];
+        dst.par_chunks_mut(per).enumerate().for_each(|(i, d)| {
+            walk(&shape[1..], &st[1..], |o, j| d[o] = src[i * st[0] + j]);
+        });
+        return;
+    }
     walk(shape, st, |o, i| dst[o] = src[i]);
 }
 
@@ -179,6 +187,15 @@ pub fn run(op: &Op, ins: &[In<'_>], out: &mut Out<'_>, shape: &[usize]) -> Resul
                 (&ins[0], &ins[1], &ins[2], &mut *out)
             {
                 routed_dropout(x, mask, ms[1], seed, *p, salts, *k, *transpose, o);
+                return Ok(());
+            }
+        }
+        Op::TopKMask { k } => {
+            if let (In::F(x, s), Out::F(o)) = (&ins[0], &mut *out) {
+                let n = s.last().copied().unwrap_or(1).max(1);
+                o.par_chunks_mut(n)
+                    .zip(x.par_chunks(n))
+                    .for_each(|(o, row)| ops::index::top_k_row(row, *k, o));
                 return Ok(());
             }
         }

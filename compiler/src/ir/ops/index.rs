@@ -114,23 +114,38 @@ pub fn eval(op: &Op, ins: &[&Tensor]) -> Result<Tensor, String> {
             let x = ins[0];
             let n = *x.shape.last().unwrap_or(&1);
             let mut out = vec![0f32; x.len()];
-            for (r, row) in x.f().chunks(n).enumerate() {
-                let mut order: Vec<usize> = (0..n).collect();
-                // Stable sort by descending value: ties keep the lower index first. NaNs rank
-                // below every number (a total preorder: `sort_by` may panic without one).
-                order.sort_by(|&a, &b| match (row[a].is_nan(), row[b].is_nan()) {
-                    (false, false) => row[b]
-                        .partial_cmp(&row[a])
-                        .unwrap_or(std::cmp::Ordering::Equal),
-                    (x, y) => x.cmp(&y),
-                });
-                for &j in order.iter().take(*k) {
-                    out[r * n + j] = 1.0;
-                }
+            for (row, o) in x.f().chunks(n.max(1)).zip(out.chunks_mut(n.max(1))) {
+                top_k_row(row, *k, o);
             }
             Ok(Tensor::f32(x.shape.clone(), out))
         }
         _ => Err(format!("not an indexing op: {}", op.name())),
+    }
+}
+
+/// Marks with 1 the `k` largest entries of `row` in `out` (zeros elsewhere): the first `k` of a
+/// stable sort by descending value, so ties keep the lower index, and NaNs rank below every
+/// number. Insertion into a list of at most `k` indices.
+pub fn top_k_row(row: &[f32], k: usize, out: &mut [f32]) {
+    let better = |a: usize, b: usize| match (row[a].is_nan(), row[b].is_nan()) {
+        (false, false) => row[a] > row[b],
+        (x, y) => !x && y,
+    };
+    let k = k.min(row.len());
+    let mut best: Vec<usize> = Vec::with_capacity(k + 1);
+    for j in 0..row.len() {
+        let at = best
+            .iter()
+            .position(|&b| better(j, b))
+            .unwrap_or(best.len());
+        if at < k {
+            best.insert(at, j);
+            best.truncate(k);
+        }
+    }
+    out.iter_mut().for_each(|v| *v = 0.0);
+    for j in best {
+        out[j] = 1.0;
     }
 }
 
