@@ -149,6 +149,13 @@ pub enum Op {
         k: usize,
         transpose: bool,
     },
+    /// Routed dropout's adjoint fused with the product feeding it (the backward of routed
+    /// experts' down-projection, made by the `fuse_routed` pass): operands `g[T, k, q]`,
+    /// `a[q, n]`, the top-k mask `[T, E]` and the seed give `[T, n]`, row `t` summing over its
+    /// slots `i`, in order, `(g[t, i] · a) ⊙ mask(t, i)`. Each product element is one fused
+    /// multiply-add chain over `q` in order (zero entries of `g` skipped), and no `[T, k, n]`
+    /// intermediate is stored.
+    RoutedExpand { p: f32, salts: Vec<u64>, k: usize },
     /// A top-k mask `[T, E]` → `[T, k, E]`: slot `i` is one-hot on the row's `i`-th selected
     /// expert in index order (all zero when the row selects fewer).
     SlotExperts { k: usize },
@@ -191,6 +198,7 @@ impl Op {
                 "routed_dropout{}[{p}, k={k}]",
                 if *transpose { "_t" } else { "" }
             ),
+            Op::RoutedExpand { p, k, .. } => format!("routed_expand[{p}, k={k}]"),
             Op::SlotExperts { k } => format!("slot_experts[{k}]"),
             Op::Cast { to } => format!("cast[{to:?}]"),
             Op::SpdSolve { damping } => format!("spd_solve[{damping}]"),

@@ -28,6 +28,7 @@ pub fn infer(op: &Op, ins: &Ins<'_>) -> Result<(Vec<usize>, DType), String> {
         | Op::SpdSolve { .. }
         | Op::Dropout { .. } => Some(2),
         Op::RoutedDropout { .. } => Some(3),
+        Op::RoutedExpand { .. } => Some(4),
         Op::Concat { .. } => None,
         _ => Some(1),
     };
@@ -55,7 +56,9 @@ pub fn infer(op: &Op, ins: &Ins<'_>) -> Result<(Vec<usize>, DType), String> {
         }
         Op::Reduce { .. } => reduce::infer(op, ins),
         Op::Dropout { .. } => random::infer(op, ins),
-        Op::RoutedDropout { .. } | Op::SlotExperts { .. } => routing::infer(op, ins),
+        Op::RoutedDropout { .. } | Op::RoutedExpand { .. } | Op::SlotExperts { .. } => {
+            routing::infer(op, ins)
+        }
         Op::MatMul | Op::SpdSolve { .. } => linalg::infer(op, ins),
         Op::Reshape { .. }
         | Op::Permute { .. }
@@ -80,7 +83,9 @@ pub fn eval(op: &Op, ins: &[&Tensor]) -> Result<Tensor, String> {
         Op::Unary(_) | Op::Binary(_) | Op::StopGrad | Op::Cast { .. } => elementwise::eval(op, ins),
         Op::Reduce { .. } => reduce::eval(op, ins),
         Op::Dropout { .. } => random::eval(op, ins),
-        Op::RoutedDropout { .. } | Op::SlotExperts { .. } => routing::eval(op, ins),
+        Op::RoutedDropout { .. } | Op::RoutedExpand { .. } | Op::SlotExperts { .. } => {
+            routing::eval(op, ins)
+        }
         Op::MatMul | Op::SpdSolve { .. } => linalg::eval(op, ins),
         Op::Reshape { .. }
         | Op::Permute { .. }
@@ -106,7 +111,9 @@ pub fn vjp(g: &mut Graph, node: NodeId, dy: NodeId, needs: &[bool]) -> R<Vec<Opt
         }
         Op::Reduce { .. } => reduce::vjp(g, &op, node, &ins, dy, needs),
         Op::Dropout { .. } => random::vjp(g, &op, &ins, dy, needs),
-        Op::RoutedDropout { .. } | Op::SlotExperts { .. } => routing::vjp(g, &op, &ins, dy, needs),
+        Op::RoutedDropout { .. } | Op::RoutedExpand { .. } | Op::SlotExperts { .. } => {
+            routing::vjp(g, &op, &ins, dy, needs)
+        }
         Op::MatMul | Op::SpdSolve { .. } => linalg::vjp(g, &op, node, &ins, dy, needs),
         Op::Reshape { .. }
         | Op::Permute { .. }

@@ -57,7 +57,46 @@ pub fn infer(op: &Op, ins: &Ins<'_>) -> Result<(Vec<usize>, DType), String> {
                 )),
             }
         }
+        Op::RoutedExpand { salts, k, .. } => {
+            let (gr, a, m, seed) = (ins[0], ins[1], ins[2], ins[3]);
+            let f32s = [gr.1, a.1, m.1].iter().all(|d| *d == DType::F32);
+            if !f32s || seed.1 != DType::I64 || seed.0.iter().product::<usize>() != 1 {
+                return Err("routed expand needs f32 values, factor and mask, an i64 seed".into());
+            }
+            match (gr.0, a.0, m.0) {
+                ([t, kk, q], [qa, n], [tm, e])
+                    if kk == k && q == qa && t == tm && *e == salts.len() =>
+                {
+                    Ok((vec![*t, *n], DType::F32))
+                }
+                _ => Err(format!(
+                    "routed expand: values {:?}, factor {:?}, mask {:?} for k = {k} and {} experts",
+                    gr.0,
+                    a.0,
+                    m.0,
+                    salts.len()
+                )),
+            }
+        }
         _ => Err(format!("not a routing op: {}", op.name())),
+    }
+}
+
+/// `out[j] = Σ_q g[q] · a[q, j]`, one fused multiply-add chain per `j` over `q` in order,
+/// skipping `q` where `g[q]` is zero (the definition [`Op::RoutedExpand`] uses: a slot's
+/// gradient is zero outside its own expert's rank block, so most terms are skipped; the CPU
+/// host op vectorises over `j` with the same chains). Always inlined, so a caller compiled
+/// with FMA instructions gets them here too.
+#[inline(always)]
+pub fn expand_row(g: &[f32], a: &[f32], n: usize, out: &mut [f32]) {
+    out.iter_mut().for_each(|v| *v = 0.0);
+    for (q, &gq) in g.iter().enumerate() {
+        if gq == 0.0 {
+            continue;
+        }
+        for (o, &aq) in out.iter_mut().zip(&a[q * n..(q + 1) * n]) {
+            *o = gq.mul_add(aq, *o);
+        }
     }
 }
 
@@ -104,6 +143,27 @@ pub fn eval(op: &Op, ins: &[&Tensor]) -> Result<Tensor, String> {
             };
             Ok(Tensor::f32(shape, out))
         }
+        Op::RoutedExpand { p, salts, k } => {
+            let (gr, a, m, seed) = (ins[0], ins[1], ins[2], ins[3].i()[0] as u64);
+            let (t, e) = (m.shape[0], m.shape[1]);
+            let (q, n) = (a.shape[0], a.shape[1]);
+            let mut out = vec![0f32; t * n];
+            let mut v = vec![0f32; n];
+            for r in 0..t {
+                for (i, ex) in selected(&m.f()[r * e..(r + 1) * e], *k).enumerate() {
+                    expand_row(
+                        &gr.f()[(r * k + i) * q..(r * k + i + 1) * q],
+                        a.f(),
+                        n,
+                        &mut v,
+                    );
+                    for (j, &vj) in v.iter().enumerate() {
+                        out[r * n + j] += vj * factor(seed, salts[ex], (r * n + j) as u64, *p);
+                    }
+                }
+            }
+            Ok(Tensor::f32(vec![t, n], out))
+        }
         _ => Err(format!("not a routing op: {}", op.name())),
     }
 }
@@ -132,6 +192,10 @@ pub fn vjp(
             };
             Ok(vec![Some(g.add(adj, &[dy, ins[1], ins[2]])?), None, None])
         }
+        // Made by a pass after differentiation; never differentiated itself.
+        Op::RoutedExpand { .. } if needs.iter().any(|&n| n) => Err(crate::ir::IrError(
+            "routed_expand (a fused backward op) has no gradient".into(),
+        )),
         _ => Ok(vec![None; ins.len()]),
     }
 }
