@@ -32,7 +32,7 @@ pub fn infer(op: &Op, ins: &Ins<'_>) -> Result<(Vec<usize>, DType), String> {
 /// two power-of-two factors so denormal results round once. Every multiply-add below is a
 /// fused `mul_add`; everything else is plain f32 with no contraction. The CPU (4 lanes at a
 /// time) and CUDA backends repeat these operations one for one, so all three agree bit for bit;
-/// the error is within 1 ulp of e^x (`compiler/tests/expf_accuracy.rs`). Inputs are clamped to
+/// the error is within 1 ulp of e^x (`compiler/tests/exp_erf_accuracy.rs`). Inputs are clamped to
 /// [-104, 89], outside which e^x rounds to 0 or overflows to +inf anyway; NaN stays NaN.
 pub fn expf(x: f32) -> f32 {
     // `clamp` (unlike `max`/`min`) lets NaN through.
@@ -75,16 +75,17 @@ pub const EXP_POLY: [f32; 6] = [
 ];
 
 /// erf in f32: Numerical Recipes' erfc Chebyshev fit (fractional error < 1.2e-7) evaluated in
-/// f32, Horner in this order and [`expf`], without contraction. The CPU and CUDA backends
-/// repeat these operations one for one, so results are bit-identical.
+/// f32: the Horner steps and the exponent's last term as fused multiply-adds, [`expf`], the rest
+/// plain f32 without contraction. The CPU and CUDA backends repeat these operations one for
+/// one, so results are bit-identical.
 pub fn erf(x: f32) -> f32 {
     let z = x.abs();
     let t = 1.0 / (1.0 + 0.5 * z);
     let mut acc = ERF_COEFFS[0];
     for &c in &ERF_COEFFS[1..] {
-        acc = c + t * acc;
+        acc = t.mul_add(acc, c);
     }
-    let r = t * expf((-(z * z) - ERF_C0) + t * acc);
+    let r = t * expf(t.mul_add(acc, -(z * z) - ERF_C0));
     if x >= 0.0 {
         1.0 - r
     } else {

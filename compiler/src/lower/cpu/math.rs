@@ -170,16 +170,14 @@ impl Math<'_> {
         let t = b.ins().fdiv(one, d);
         let mut acc = self.k(b, ERF_COEFFS[0]);
         for &c in &ERF_COEFFS[1..] {
-            let m = b.ins().fmul(t, acc);
             let kc = self.k(b, c);
-            acc = b.ins().fadd(kc, m);
+            acc = b.ins().fma(t, acc, kc);
         }
         let zz = b.ins().fmul(z, z);
         let nzz = b.ins().fneg(zz);
         let c0 = self.k(b, ERF_C0);
         let a = b.ins().fsub(nzz, c0);
-        let m = b.ins().fmul(t, acc);
-        let poly = b.ins().fadd(a, m);
+        let poly = b.ins().fma(t, acc, a);
         let e = self.exp(b, poly);
         let r = b.ins().fmul(t, e);
         let pos = b.ins().fsub(one, r);

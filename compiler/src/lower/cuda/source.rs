@@ -16,7 +16,7 @@ pub fn prelude() -> String {
     };
     let horner: String = ERF_COEFFS[1..]
         .iter()
-        .map(|c| format!("    acc = {c:?}f + t * acc;\n"))
+        .map(|c| format!("    acc = fmaf(t, acc, {c:?}f);\n"))
         .collect();
     let exp_horner: String = EXP_POLY[1..]
         .iter()
@@ -62,7 +62,7 @@ __device__ __forceinline__ float lorac_erf(float x) {
     float t = 1.0f / (1.0f + 0.5f * z);
     float acc = ERF_ACC0;
 ERF_HORNER
-    float r = t * lorac_exp((-(z * z) - ERF_C0) + t * acc);
+    float r = t * lorac_exp(fmaf(t, acc, -(z * z) - ERF_C0));
     return x >= 0.0f ? 1.0f - r : r - 1.0f;
 }
 
