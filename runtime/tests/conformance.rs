@@ -82,6 +82,16 @@ impl Case {
             )
             .unwrap()
     }
+    /// The outputs on the reference interpreter and on the CPU backend.
+    fn reference_and_cpu(&self) -> (HashMap<String, Tensor>, HashMap<String, Tensor>) {
+        let run = |be| {
+            Program::new(&self.g, be)
+                .unwrap()
+                .run(&[&self.inputs])
+                .unwrap()
+        };
+        (run(Backend::Reference), run(Backend::Cpu))
+    }
     /// Runs on every backend and compares each output with the reference.
     fn check(&self, what: &str, tol: f32) {
         let reference = Program::new(&self.g, Backend::Reference)
@@ -383,14 +393,7 @@ fn default_math_is_bit_identical_on_exp_erf_sigmoid() {
         let x = c.input("x", &[n], -20.0, 20.0);
         let y = c.g.un(u, x).unwrap();
         c.g.set_output("y", y);
-        let want = Program::new(&c.g, Backend::Reference)
-            .unwrap()
-            .run(&[&c.inputs])
-            .unwrap();
-        let got = Program::new(&c.g, Backend::Cpu)
-            .unwrap()
-            .run(&[&c.inputs])
-            .unwrap();
+        let (want, got) = c.reference_and_cpu();
         let differ = want["y"]
             .f()
             .iter()
@@ -435,14 +438,7 @@ fn sums_are_bit_identical_to_the_reference() {
         for (name, v) in [("fused", fused), ("plain", plain), ("col", col)] {
             c.g.set_output(name, v);
         }
-        let want = Program::new(&c.g, Backend::Reference)
-            .unwrap()
-            .run(&[&c.inputs])
-            .unwrap();
-        let got = Program::new(&c.g, Backend::Cpu)
-            .unwrap()
-            .run(&[&c.inputs])
-            .unwrap();
+        let (want, got) = c.reference_and_cpu();
         for name in ["fused", "plain", "col"] {
             let bits = |t: &Tensor| t.f().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&got[name]), bits(&want[name]), "{name}[{n}]");
@@ -566,14 +562,8 @@ fn routed_expand_matches() {
         };
         let back = o.g.add(adj, &[pn, m2, s2]).unwrap();
         o.g.set_output("back", back);
-        let want = Program::new(&o.g, Backend::Reference)
-            .unwrap()
-            .run(&[&o.inputs])
-            .unwrap();
-        let got = Program::new(&c.g, Backend::Cpu)
-            .unwrap()
-            .run(&[&c.inputs])
-            .unwrap();
+        let want = o.reference_and_cpu().0;
+        let got = c.reference_and_cpu().1;
         for (w, v) in want["back"].f().iter().zip(got["fused"].f()) {
             assert!(
                 (w - v).abs() <= 1e-5 * w.abs().max(1.0),
