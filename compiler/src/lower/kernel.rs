@@ -68,6 +68,34 @@ impl Access {
 }
 
 impl Kernel {
+    /// Gives a map over narrow rows (`inner` < 64: gate weights, per-token scalars) wider rows
+    /// when every operand is read element for element, so the vector loop, not the per-row
+    /// overhead, does the work. Element `(r, j)` stays element `r·inner + j`.
+    pub fn retile(&mut self) {
+        let total = self.rows * self.inner;
+        let inner = self.inner;
+        let elementwise = |a: &Access| match *a {
+            Access::Vec { div } => div == 1,
+            // A per-row scalar of single-element rows is that element.
+            Access::Splat { div } => div == 1 && inner == 1,
+        };
+        if self.form != Form::Map
+            || inner >= 64
+            || self.rows == 1
+            || !self.operands.iter().all(elementwise)
+        {
+            return;
+        }
+        let Some(width) = [1024, 256, 64]
+            .into_iter()
+            .find(|w| total.is_multiple_of(*w))
+        else {
+            return;
+        };
+        self.operands = vec![Access::Vec { div: 1 }; self.operands.len()];
+        (self.rows, self.inner) = (total / width, width);
+    }
+
     /// Number of elements of output `o`.
     pub fn output_len(&self) -> usize {
         match self.form {

@@ -7,6 +7,7 @@ pub mod kernel;
 pub mod memplan;
 pub mod plan;
 pub mod print;
+pub mod strides;
 
 pub use kernel::{Access, Form, Inst, Kernel};
 pub use plan::{Buf, BufId, Mat, Plan, Step, Storage};

@@ -3,6 +3,7 @@
 //! operand, and the remaining ops run as host steps. Backend-neutral.
 
 use super::kernel::{Access, Form, Inst, Kernel};
+pub use super::strides::Strides;
 use crate::ir::ops::reduce::split;
 use crate::ir::{BinaryOp, DType, Graph, NodeId, Op, ReduceOp, UnaryOp, R};
 use petgraph::Direction;
@@ -44,80 +45,6 @@ pub struct Mat {
     pub trans: bool,
     /// Read through these element strides instead (a permute folded into the product).
     pub view: Option<Strides>,
-}
-
-/// Element strides of the batched matrices of a permuted view of a contiguous buffer (rank at
-/// most 4, so at most two batch axes): how attention reads and writes heads in place.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Strides {
-    /// `(extent, stride)` of the outer and inner batch axes; batch `i` is
-    /// `(i / inner extent, i % inner extent)`.
-    pub batch: [(usize, usize); 2],
-    /// Stride between rows.
-    pub row: usize,
-    /// Stride between columns.
-    pub col: usize,
-}
-
-impl Strides {
-    /// The view of `permute(x, perm)` for a contiguous `x` of shape `src` (`None` past rank 4).
-    pub fn of_permute(src: &[usize], perm: &[usize]) -> Option<Strides> {
-        let r = src.len();
-        if !(2..=4).contains(&r) || perm.len() != r {
-            return None;
-        }
-        let mut stride = vec![1usize; r];
-        for d in (0..r - 1).rev() {
-            stride[d] = stride[d + 1] * src[d + 1];
-        }
-        let axes: Vec<(usize, usize)> = perm.iter().map(|&p| (src[p], stride[p])).collect();
-        Some(Strides::from_axes(&axes))
-    }
-
-    /// The view through which a product's `[.., m, n]` result lands in `permute(result, perm)`
-    /// stored contiguously (`None` past rank 4).
-    pub fn into_permute(result: &[usize], perm: &[usize]) -> Option<Strides> {
-        let r = result.len();
-        if !(2..=4).contains(&r) || perm.len() != r {
-            return None;
-        }
-        let dst: Vec<usize> = perm.iter().map(|&p| result[p]).collect();
-        let mut stride = vec![1usize; r];
-        for d in (0..r - 1).rev() {
-            stride[d] = stride[d + 1] * dst[d + 1];
-        }
-        let mut axes = vec![(0, 0); r];
-        for (d, &p) in perm.iter().enumerate() {
-            axes[p] = (result[p], stride[d]);
-        }
-        Some(Strides::from_axes(&axes))
-    }
-
-    fn from_axes(axes: &[(usize, usize)]) -> Strides {
-        let r = axes.len();
-        let mut batch = [(1, 0); 2];
-        for (slot, &ax) in batch[4 - r.max(2)..].iter_mut().zip(&axes[..r - 2]) {
-            *slot = ax;
-        }
-        Strides {
-            batch,
-            row: axes[r - 2].1,
-            col: axes[r - 1].1,
-        }
-    }
-
-    /// Rows are contiguous, as in a stored row-major matrix. Only such views are folded:
-    /// `gemm` picks its kernel by layout, and a column-strided operand rounds differently
-    /// from the row-major copy the reference interpreter multiplies.
-    pub fn rows_contiguous(&self) -> bool {
-        self.col == 1
-    }
-
-    /// Element offset of batch matrix `i`.
-    pub fn batch_offset(&self, i: usize) -> usize {
-        let inner = self.batch[1].0.max(1);
-        (i / inner) * self.batch[0].1 + (i % inner) * self.batch[1].1
-    }
 }
 
 /// Lowering choices.
@@ -525,9 +452,7 @@ impl Lower<'_> {
             _ => self.emit(body_root, space, &mut k, &mut ins, false)?,
         };
         k.outputs.push(root);
-        if form == Form::Map {
-            retile(&mut k);
-        }
+        k.retile();
         let out = self.temp(id);
         self.plan.kernels.push(k);
         self.plan.steps.push(Step::Kernel {
@@ -658,29 +583,6 @@ impl Lower<'_> {
         });
         Ok(())
     }
-}
-
-/// Gives a map over narrow rows (`inner` < 64: gate weights, per-token scalars) wider rows
-/// when every operand is read element for element, so the vector loop, not the per-row
-/// overhead, does the work. Element `(r, j)` stays element `r·inner + j`.
-fn retile(k: &mut Kernel) {
-    let total = k.rows * k.inner;
-    let elementwise = |a: &Access| match *a {
-        Access::Vec { div } => div == 1,
-        // A per-row scalar of single-element rows is that element.
-        Access::Splat { div } => div == 1 && k.inner == 1,
-    };
-    if k.inner >= 64 || k.rows == 1 || !k.operands.iter().all(elementwise) {
-        return;
-    }
-    let Some(width) = [1024, 256, 64]
-        .into_iter()
-        .find(|w| total.is_multiple_of(*w))
-    else {
-        return;
-    };
-    k.operands = vec![Access::Vec { div: 1 }; k.operands.len()];
-    (k.rows, k.inner) = (total / width, width);
 }
 
 /// Lowers a graph to a plan.
