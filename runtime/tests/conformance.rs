@@ -82,15 +82,16 @@ impl Case {
             )
             .unwrap()
     }
+    /// The outputs on one backend.
+    fn run_on(&self, be: Backend) -> HashMap<String, Tensor> {
+        Program::new(&self.g, be)
+            .unwrap()
+            .run(&[&self.inputs])
+            .unwrap()
+    }
     /// The outputs on the reference interpreter and on the CPU backend.
     fn reference_and_cpu(&self) -> (HashMap<String, Tensor>, HashMap<String, Tensor>) {
-        let run = |be| {
-            Program::new(&self.g, be)
-                .unwrap()
-                .run(&[&self.inputs])
-                .unwrap()
-        };
-        (run(Backend::Reference), run(Backend::Cpu))
+        (self.run_on(Backend::Reference), self.run_on(Backend::Cpu))
     }
     /// Runs on every backend and compares each output with the reference.
     fn check(&self, what: &str, tol: f32) {
@@ -562,8 +563,8 @@ fn routed_expand_matches() {
         };
         let back = o.g.add(adj, &[pn, m2, s2]).unwrap();
         o.g.set_output("back", back);
-        let want = o.reference_and_cpu().0;
-        let got = c.reference_and_cpu().1;
+        let want = o.run_on(Backend::Reference);
+        let got = c.run_on(Backend::Cpu);
         for (w, v) in want["back"].f().iter().zip(got["fused"].f()) {
             assert!(
                 (w - v).abs() <= 1e-5 * w.abs().max(1.0),

@@ -164,7 +164,7 @@ pub unsafe fn matmul_with(
                 #[cfg(target_arch = "x86_64")]
                 avx512::block(k, n, a, b, o as *mut f32, i0, i1, j0, j1);
             } else {
-                scalar_block(k, n, a, b, o as *mut f32, i0, i1, j0, j1);
+                scalar_tile(k, n, a, b, o as *mut f32, i0, i1, j0, j1);
             }
         }
     };
@@ -197,8 +197,50 @@ unsafe impl Send for View {}
 // SAFETY: as above.
 unsafe impl Sync for View {}
 
+/// [`scalar_block`], compiled with FMA instructions where the CPU has them (the same chains, so
+/// the same bits; without them every `mul_add` is a libm call and the fallback crawls).
+#[allow(clippy::too_many_arguments)]
+unsafe fn scalar_tile(
+    k: usize,
+    n: usize,
+    a: View,
+    b: View,
+    out: *mut f32,
+    i0: usize,
+    i1: usize,
+    j0: usize,
+    j1: usize,
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("fma") {
+            return scalar_block_fma(k, n, a, b, out, i0, i1, j0, j1);
+        }
+    }
+    scalar_block(k, n, a, b, out, i0, i1, j0, j1)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn scalar_block_fma(
+    k: usize,
+    n: usize,
+    a: View,
+    b: View,
+    out: *mut f32,
+    i0: usize,
+    i1: usize,
+    j0: usize,
+    j1: usize,
+) {
+    scalar_block(k, n, a, b, out, i0, i1, j0, j1)
+}
+
 /// The definition on output block `[i0, i1) × [j0, j1)`: one `mul_add` chain per output,
-/// in increasing `p` (run row by row so the fallback is not needlessly slow).
+/// in increasing `p` (run row by row so the fallback is not needlessly slow). Always inlined,
+/// so [`scalar_block_fma`] gets FMA instructions.
+#[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn scalar_block(
     k: usize,

@@ -123,13 +123,14 @@ pub fn define(b: &mut FunctionBuilder, k: &Kernel, libm: &[FuncRef]) {
             }
         });
     }
-    // A column sum adds row r into f64 scratch row r mod 4 (the reference's partial sums).
+    // A column sum adds row r into f64 scratch row r mod 4 (the reference's partial sums);
+    // other forms never read `scratch_row`.
     let scratch_row = if scratch == 1 {
         let slot = b.ins().band_imm_u(r, 3);
         let off = b.ins().imul_imm_s(slot, inner * 8);
-        Some(b.ins().iadd(base[nops + 1], off))
+        b.ins().iadd(base[nops + 1], off)
     } else {
-        None
+        base[0]
     };
     let outs: Vec<Value> = (0..k.outputs.len())
         .map(|o| match k.form {
@@ -204,7 +205,7 @@ pub fn define(b: &mut FunctionBuilder, k: &Kernel, libm: &[FuncRef]) {
         (Form::ColReduce(ReduceOp::Sum), _) => {
             let (lo, hi) = widen(b, v);
             let off = b.ins().ishl_imm_u(hp[0], 3);
-            let a = b.ins().iadd(scratch_row.unwrap_or(base[nops + 1]), off);
+            let a = b.ins().iadd(scratch_row, off);
             for (h, part) in [(0, lo), (16, hi)] {
                 let o = b.ins().load(types::F64X2, mem(), a, h);
                 let n = b.ins().fadd(o, part);
@@ -290,7 +291,7 @@ pub fn define(b: &mut FunctionBuilder, k: &Kernel, libm: &[FuncRef]) {
         Form::ColReduce(ReduceOp::Sum) => {
             let w = b.ins().fpromote(types::F64, v);
             let off = b.ins().ishl_imm_u(tp[0], 3);
-            let a = b.ins().iadd(scratch_row.unwrap_or(base[nops + 1]), off);
+            let a = b.ins().iadd(scratch_row, off);
             let o = b.ins().load(types::F64, mem(), a, 0);
             let n = b.ins().fadd(o, w);
             b.ins().store(mem(), n, a, 0);
