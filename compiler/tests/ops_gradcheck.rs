@@ -1557,75 +1557,72 @@ fn grad_rejects_a_non_scalar_loss() {
     assert!(grad(&mut g, s, &[x]).unwrap()[0].is_some());
 }
 
-/// Routed dropout is linear in its values, and its transpose form is its adjoint:
-/// ⟨RD(x), y⟩ = ⟨x, RDᵀ(y)⟩; each slot equals `Dropout` with its expert's salt.
+/// The routed projection's gradients (`RoutedExpand` for `x`, `RoutedOuter` for `a`) against
+/// central differences, and its values against plain `Dropout` with each selected expert's
+/// salt followed by an f64 dot product (blocks of unselected experts are exactly 0).
 #[test]
-fn routed_dropout_adjoint_and_masks() {
+fn routed_project_gradients_and_masks() {
     use lorac_compiler::ir::ops::eval;
-    use lorac_compiler::ir::{Op, Tensor};
-    let (t, n, e, k) = (5, 7, 4, 2);
-    let x: Vec<f32> = (0..t * n)
-        .map(|i| ((i * 37 % 11) as f32 - 5.0) / 3.0)
-        .collect();
-    let y: Vec<f32> = (0..t * k * n)
-        .map(|i| ((i * 13 % 7) as f32 - 3.0) / 2.0)
-        .collect();
-    // Rows select experts {0, 2}, {1, 3}, {2, 3}, {0, 1}, {1, 2}.
-    let sel = [[0, 2], [1, 3], [2, 3], [0, 1], [1, 2]];
-    let mut m = vec![0f32; t * e];
-    for (r, s) in sel.iter().enumerate() {
-        for &x in s {
-            m[r * e + x] = 1.0;
-        }
-    }
-    let salts = vec![11, 22, 33, 44];
-    let op = |transpose| Op::RoutedDropout {
+    let (t, n, e, d, k) = (5, 19, 4, 2, 2);
+    let salts: Vec<u64> = vec![11, 22, 33, 44];
+    let op = Op::RoutedProject {
         p: 0.4,
         salts: salts.clone(),
         k,
-        transpose,
     };
-    let (xt, mt, st) = (
-        Tensor::f32(vec![t, n], x.clone()),
-        Tensor::f32(vec![t, e], m),
+    // Rows select experts {0, 2}, {1, 3}, {2, 3}, {0, 1}, {1, 2} (logits decide the top 2).
+    let sel = [[0, 2], [1, 3], [2, 3], [0, 1], [1, 2]];
+    let mut logits = vec![0f32; t * e];
+    for (r, s) in sel.iter().enumerate() {
+        for &x in s {
+            logits[r * e + x] = 1.0 + x as f32;
+        }
+    }
+    let mut rng = Rng::new(31);
+    let (xv, av) = (rng.vec(t * n, -1.0, 1.0), rng.vec(e * d * n, -1.0, 1.0));
+    let build_op = op.clone();
+    let lv = logits.clone();
+    check(
+        "routed_project",
+        7,
+        FD,
+        vec![p(&[t, n], xv.clone()), p(&[e * d, n], av.clone())],
+        move |g, ps, extra| {
+            let l = data(g, "logits", &[t, e]);
+            let s = data_i64(g, "seed", &[1]);
+            extra.insert("logits".into(), Tensor::f32(vec![t, e], lv));
+            extra.insert("seed".into(), Tensor::i64(vec![1], vec![123]));
+            let m = g.add(Op::TopKMask { k }, &[l]).unwrap();
+            g.add(build_op, &[ps[0], ps[1], m, s]).unwrap()
+        },
+    );
+    // Values: block e of row r is (dropout_e(x) row r) · a[e·d + q], other blocks 0.
+    let mask = eval(&Op::TopKMask { k }, &[&Tensor::f32(vec![t, e], logits)]).unwrap();
+    let (xt, at, st) = (
+        Tensor::f32(vec![t, n], xv),
+        Tensor::f32(vec![e * d, n], av.clone()),
         Tensor::i64(vec![1], vec![123]),
     );
-    let fwd = eval(&op(false), &[&xt, &mt, &st]).unwrap();
-    let yt = Tensor::f32(vec![t, k, n], y.clone());
-    let adj = eval(&op(true), &[&yt, &mt, &st]).unwrap();
-    let lhs: f64 = fwd
-        .f()
-        .iter()
-        .zip(&y)
-        .map(|(a, b)| (*a as f64) * (*b as f64))
-        .sum();
-    let rhs: f64 = adj
-        .f()
-        .iter()
-        .zip(&x)
-        .map(|(a, b)| (*a as f64) * (*b as f64))
-        .sum();
-    // f32 products and slot sums: agreement to f32 rounding.
-    assert!(
-        (lhs - rhs).abs() < 1e-6 * lhs.abs().max(1.0),
-        "{lhs} vs {rhs}"
-    );
-    // Slot i of row r is plain dropout of x with the salt of the row's i-th expert.
+    let out = eval(&op, &[&xt, &at, &mask, &st]).unwrap();
+    assert_eq!(out.shape, vec![t, e * d]);
     for (r, s) in sel.iter().enumerate() {
-        for (i, &ex) in s.iter().enumerate() {
-            let d = eval(
-                &Op::Dropout {
-                    p: 0.4,
-                    salt: salts[ex],
-                },
-                &[&xt, &st],
-            )
-            .unwrap();
-            assert_eq!(
-                &fwd.f()[(r * k + i) * n..(r * k + i + 1) * n],
-                &d.f()[r * n..(r + 1) * n],
-                "row {r} slot {i}"
-            );
+        for (ex, &salt) in salts.iter().enumerate() {
+            let dropped = eval(&Op::Dropout { p: 0.4, salt }, &[&xt, &st]).unwrap();
+            for q in 0..d {
+                let c = ex * d + q;
+                let got = out.f()[r * e * d + c];
+                if !s.contains(&ex) {
+                    assert_eq!(got, 0.0, "row {r} unselected expert {ex}");
+                    continue;
+                }
+                let want: f64 = (0..n)
+                    .map(|j| dropped.f()[r * n + j] as f64 * av[c * n + j] as f64)
+                    .sum();
+                assert!(
+                    (got as f64 - want).abs() <= 1e-5 * want.abs().max(1.0),
+                    "row {r} expert {ex}: {got} vs {want}"
+                );
+            }
         }
     }
 }

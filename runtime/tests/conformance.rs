@@ -479,97 +479,79 @@ fn dropout_masks_match() {
     }
 }
 
-/// Top-k sparse dispatch: the slot one-hots and the routed dropout (and its adjoint) of each
-/// row's selected experts equal the reference.
+/// Routed experts (top-k sparse dispatch): the projection on each row's selected experts and
+/// its two gradients equal the reference bit for bit on the CPU (they share the definition's
+/// chains), and an independent f64 oracle within 1e-5 (masks from the dropout stream of
+/// each expert, products in f64).
 #[test]
-fn routed_dispatch_matches() {
+fn routed_ops_match() {
+    use lorac_compiler::ir::ops::random::factor;
     for n in SIZES {
-        for k in [1, 2, 3] {
-            let mut c = Case::new(900 + n as u64 + k as u64);
-            let rows = 37;
+        for (k, d) in [(1, 1), (2, 1), (3, 2)] {
+            let (rows, e, p) = (37, 8, 0.25);
+            let q = e * d;
+            let mut c = Case::new(900 + n as u64 + 10 * k as u64 + d as u64);
             let x = c.input("x", &[rows, n], -1.0, 1.0);
-            let logits = c.input("logits", &[rows, 8], -2.0, 2.0);
+            let a = c.input("a", &[q, n], -1.0, 1.0);
+            let gr = c.input("g", &[rows, q], -1.0, 1.0);
+            // Zero entries in the upstream gradient (skipped by RoutedExpand's chains).
+            let mut gv = c.inputs["g"].f().to_vec();
+            gv.iter_mut().step_by(3).for_each(|x| *x = 0.0);
+            c.inputs.insert("g".into(), Tensor::f32(vec![rows, q], gv));
+            let logits = c.input("logits", &[rows, e], -2.0, 2.0);
             let mask = c.g.add(Op::TopKMask { k }, &[logits]).unwrap();
             let s = c.ids("seed", &[1], 1 << 40);
-            let salts: Vec<u64> = (0..8).map(|e| 0x51ed + 3 * e).collect();
-            let routed = |transpose| Op::RoutedDropout {
-                p: 0.25,
-                salts: salts.clone(),
-                k,
-                transpose,
+            let salts: Vec<u64> = (0..e as u64).map(|i| 0x51ed + 3 * i).collect();
+            let (sl, kk) = (salts.clone(), k);
+            let op = |which: usize| {
+                let (p, salts, k) = (p, sl.clone(), kk);
+                match which {
+                    0 => Op::RoutedProject { p, salts, k },
+                    1 => Op::RoutedExpand { p, salts, k },
+                    _ => Op::RoutedOuter { p, salts, k },
+                }
             };
-            let y = c.g.add(routed(false), &[x, mask, s]).unwrap();
-            let back = c.g.add(routed(true), &[y, mask, s]).unwrap();
-            let slots = c.g.add(Op::SlotExperts { k }, &[mask]).unwrap();
-            c.g.set_output("y", y);
-            c.g.set_output("back", back);
-            c.g.set_output("slots", slots);
-            c.check(&format!("routed_dropout[{n}, k={k}]"), EW);
-        }
-    }
-}
+            let proj = c.g.add(op(0), &[x, a, mask, s]).unwrap();
+            let exp = c.g.add(op(1), &[gr, a, mask, s]).unwrap();
+            let out = c.g.add(op(2), &[gr, x, mask, s]).unwrap();
+            c.g.set_output("project", proj);
+            c.g.set_output("expand", exp);
+            c.g.set_output("outer", out);
+            c.g.set_output("mask", mask);
+            c.check(&format!("routed[n={n}, k={k}, d={d}]"), 0.0);
 
-/// The fused routed backward (`RoutedExpand`) equals the reference bit for bit on the CPU, and
-/// an independent oracle within 1e-5: the f64 product, then the unfused adjoint's masks.
-#[test]
-fn routed_expand_matches() {
-    for n in SIZES {
-        let (rows, k, q) = (37, 2, 8);
-        let mut c = Case::new(950 + n as u64);
-        let g = c.input("g", &[rows, k, q], -1.0, 1.0);
-        // Zero entries, as a slot's gradient has outside its own expert's block.
-        let mut gv = c.inputs["g"].f().to_vec();
-        gv.iter_mut().step_by(3).for_each(|x| *x = 0.0);
-        c.inputs
-            .insert("g".into(), Tensor::f32(vec![rows, k, q], gv.clone()));
-        let a = c.input("a", &[q, n], -1.0, 1.0);
-        let logits = c.input("logits", &[rows, 8], -2.0, 2.0);
-        let mask = c.g.add(Op::TopKMask { k }, &[logits]).unwrap();
-        let s = c.ids("seed", &[1], 1 << 40);
-        let salts: Vec<u64> = (0..8).map(|e| 0x77 + 5 * e).collect();
-        let op = Op::RoutedExpand {
-            p: 0.25,
-            salts: salts.clone(),
-            k,
-        };
-        let fused = c.g.add(op, &[g, a, mask, s]).unwrap();
-        c.g.set_output("fused", fused);
-        c.check(&format!("routed_expand[{n}]"), 0.0);
-
-        // Oracle: the product in f64 (rounded once), then the reference's unfused adjoint.
-        let av = c.inputs["a"].f().to_vec();
-        let mut prod = vec![0f32; rows * k * n];
-        for r in 0..rows * k {
-            for j in 0..n {
-                let s: f64 = (0..q)
-                    .map(|x| gv[r * q + x] as f64 * av[x * n + j] as f64)
-                    .sum();
-                prod[r * n + j] = s as f32;
+            // The oracle.
+            let got = c.run_on(Backend::Cpu);
+            let m = got["mask"].f();
+            let (xv, av, gv) = (c.inputs["x"].f(), c.inputs["a"].f(), c.inputs["g"].f());
+            let seed = c.inputs["seed"].i()[0] as u64;
+            let mut want_p = vec![0f64; rows * q];
+            let mut want_e = vec![0f64; rows * n];
+            let mut want_o = vec![0f64; q * n];
+            for r in 0..rows {
+                let chosen: Vec<usize> = (0..e).filter(|&x| m[r * e + x] != 0.0).collect();
+                assert_eq!(chosen.len(), k, "top-{k} of distinct logits");
+                for &ex in &chosen {
+                    for j in 0..n {
+                        let f = factor(seed, salts[ex], (r * n + j) as u64, p) as f64;
+                        let xd = xv[r * n + j] as f64 * f;
+                        for cc in ex * d..(ex + 1) * d {
+                            want_p[r * q + cc] += xd * av[cc * n + j] as f64;
+                            want_e[r * n + j] += gv[r * q + cc] as f64 * av[cc * n + j] as f64 * f;
+                            want_o[cc * n + j] += gv[r * q + cc] as f64 * xd;
+                        }
+                    }
+                }
             }
-        }
-        let mut o = Case::new(0);
-        let pn = o.input("prod", &[rows, k, n], 0.0, 1.0);
-        let lg = o.input("logits", &[rows, 8], 0.0, 1.0);
-        let s2 = o.ids("seed", &[1], 1);
-        o.inputs = c.inputs.clone();
-        o.inputs
-            .insert("prod".into(), Tensor::f32(vec![rows, k, n], prod));
-        let m2 = o.g.add(Op::TopKMask { k }, &[lg]).unwrap();
-        let adj = Op::RoutedDropout {
-            p: 0.25,
-            salts,
-            k,
-            transpose: true,
-        };
-        let back = o.g.add(adj, &[pn, m2, s2]).unwrap();
-        o.g.set_output("back", back);
-        let want = o.run_on(Backend::Reference);
-        let got = c.run_on(Backend::Cpu);
-        for (w, v) in want["back"].f().iter().zip(got["fused"].f()) {
-            assert!(
-                (w - v).abs() <= 1e-5 * w.abs().max(1.0),
-                "{v} vs oracle {w}"
-            );
+            for (name, want) in [("project", want_p), ("expand", want_e), ("outer", want_o)] {
+                let scale = want.iter().fold(1f64, |s, v| s.max(v.abs()));
+                for (i, (w, v)) in want.iter().zip(got[name].f()).enumerate() {
+                    assert!(
+                        (w - *v as f64).abs() <= 1e-5 * scale,
+                        "{name}[{i}] n={n} k={k} d={d}: {v} vs oracle {w}"
+                    );
+                }
+            }
         }
     }
 }

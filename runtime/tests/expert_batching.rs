@@ -15,7 +15,7 @@ use std::path::Path;
 mod common;
 
 /// Loss and gradients of `spec` built unrolled and batched (reference interpreter, 2 × 16
-/// tokens), with the number of products and of routed-dropout nodes of each graph.
+/// tokens), with the number of products and of routed-expert nodes of each graph.
 fn both(
     spec_path: &Path,
     training: bool,
@@ -41,7 +41,12 @@ fn both(
                 .count()
         };
         let products = count(|o| matches!(o, Op::MatMul));
-        let routed = count(|o| matches!(o, Op::RoutedDropout { .. }));
+        let routed = count(|o| {
+            matches!(
+                o,
+                Op::RoutedProject { .. } | Op::RoutedExpand { .. } | Op::RoutedOuter { .. }
+            )
+        });
         let mut inputs = common::minilm_inputs(&spec, &f.params, 5, 37, vec![1.0; 32], [0, 1]);
         inputs.insert(DROPOUT_SEED.into(), Tensor::i64(vec![1], vec![seed]));
         let out: HashMap<String, Tensor> = run_outputs(&f.graph, &inputs)
@@ -85,7 +90,7 @@ fn batched_and_unrolled_expert_sums_agree() {
 }
 
 /// With per-expert dropout (GOAT's bench spec, p = 0.05) the batched training graph
-/// dispatches the routed tokens (`RoutedDropout`, one per module) and draws exactly the
+/// dispatches the routed tokens (`RoutedProject`, one per module) and draws exactly the
 /// masks the unrolled sum draws for the selected experts: same loss and gradients.
 #[test]
 fn top_k_dispatch_with_per_expert_dropout_equals_the_unrolled_sum() {
@@ -97,11 +102,12 @@ fn top_k_dispatch_with_per_expert_dropout_equals_the_unrolled_sum() {
     let spec = root.join("benches/specs/goat_all.lora");
     let runs = both(&spec, true, 77);
     assert_eq!(runs[0].1, 0, "the unrolled graph has no routed dispatch");
-    // One forward node per module (36) and the adjoint in the backward pass of all but
-    // layer 0's query, key and value, whose input (the frozen embeddings) needs no gradient.
+    // Per module (36) a forward projection and the factors' gradient (`RoutedOuter`); the
+    // input's gradient (`RoutedExpand`) in all but layer 0's query, key and value, whose
+    // input (the frozen embeddings) needs no gradient.
     assert_eq!(
         runs[1].1,
-        36 + 33,
+        36 + 36 + 33,
         "routed dispatch nodes in the batched graph"
     );
     assert_close("goat_all (training)", &runs);

@@ -138,27 +138,26 @@ pub enum Op {
     /// Seeded dropout of operand 0 with drop probability `p`; operand 1 is the run's i64 seed,
     /// `salt` tells sites apart (`ops/random.rs`).
     Dropout { p: f32, salt: u64 },
-    /// Dropout of routed tokens, one mask per selected expert (top-k sparse dispatch,
-    /// `ops/random.rs`): operands `x[T, n]`, the router's top-k mask `[T, E]` and the seed give
-    /// `[T, k, n]`, slot `i` of row `t` holding `x[t]` under the mask expert `e` (the row's
-    /// `i`-th selected one) would draw with `Dropout { p, salt: salts[e] }` over `x`. With
-    /// `transpose`, the adjoint: `[T, k, n]` → `[T, n]`, the masked slots summed.
-    RoutedDropout {
-        p: f32,
-        salts: Vec<u64>,
-        k: usize,
-        transpose: bool,
-    },
-    /// Routed dropout's adjoint fused with the product feeding it (the backward of routed
-    /// experts' down-projection, made by the `fuse_routed` pass): operands `g[T, k, q]`,
-    /// `a[q, n]`, the top-k mask `[T, E]` and the seed give `[T, n]`, row `t` summing over its
-    /// slots `i`, in order, `(g[t, i] · a) ⊙ mask(t, i)`. Each product element is one fused
-    /// multiply-add chain over `q` in order (zero entries of `g` skipped), and no `[T, k, n]`
-    /// intermediate is stored.
+    /// Top-k routed experts' down-projection under per-expert dropout (top-k sparse dispatch,
+    /// `ops/routing.rs`): operands `x[T, n]`, the stacked factors `a[E·d, n]`, the router's
+    /// top-k mask `[T, E]` and the seed give `[T, E·d]`. For row `t` and each expert `e` it
+    /// selects (at most `k`, in index order), block `e` holds `a[e·d + q] · (x[t] ⊙ m)`, `m`
+    /// the mask `Dropout { p, salt: salts[e] }` draws over `x`; other blocks are 0. Each dot
+    /// product is `routing::dot16` of the dropped row (16 interleaved multiply-add chains, a
+    /// fixed tree).
+    RoutedProject { p: f32, salts: Vec<u64>, k: usize },
+    /// Routed projection's gradient with respect to `x` (made by autodiff): operands
+    /// `g[T, E·d]`, `a[E·d, n]`, the top-k mask `[T, E]` and the seed give `[T, n]`, row `t`
+    /// summing over its selected experts `e`, in order, `(g[t, block e] · a[block e]) ⊙ m`.
+    /// Each product element is one fused multiply-add chain over the block in order (zero
+    /// entries of `g` skipped).
     RoutedExpand { p: f32, salts: Vec<u64>, k: usize },
-    /// A top-k mask `[T, E]` → `[T, k, E]`: slot `i` is one-hot on the row's `i`-th selected
-    /// expert in index order (all zero when the row selects fewer).
-    SlotExperts { k: usize },
+    /// Routed projection's gradient with respect to `a` (made by autodiff): operands
+    /// `g[T, E·d]`, `x[T, n]`, the top-k mask `[T, E]` and the seed give `[E·d, n]`: element
+    /// `(e·d + q, j)` sums `g[t, e·d + q] · (x[t, j] · m)` over the rows `t` that select `e`:
+    /// one fused multiply-add chain over each block of `routing::OUTER_ROWS` rows in order,
+    /// the blocks' sums then added in block order.
+    RoutedOuter { p: f32, salts: Vec<u64>, k: usize },
     /// Element type conversion (1 operand).
     Cast { to: DType },
     /// `X = (A + δI)⁻¹ B` for small SPD blocks `A[..., d, d]`, `B[..., d, c]`; identity when the
@@ -192,14 +191,9 @@ impl Op {
             Op::TopKMask { k } => format!("topk_mask[{k}]"),
             Op::StopGrad => "stop_grad".into(),
             Op::Dropout { p, salt } => format!("dropout[{p}, {salt:#x}]"),
-            Op::RoutedDropout {
-                p, k, transpose, ..
-            } => format!(
-                "routed_dropout{}[{p}, k={k}]",
-                if *transpose { "_t" } else { "" }
-            ),
+            Op::RoutedProject { p, k, .. } => format!("routed_project[{p}, k={k}]"),
             Op::RoutedExpand { p, k, .. } => format!("routed_expand[{p}, k={k}]"),
-            Op::SlotExperts { k } => format!("slot_experts[{k}]"),
+            Op::RoutedOuter { p, k, .. } => format!("routed_outer[{p}, k={k}]"),
             Op::Cast { to } => format!("cast[{to:?}]"),
             Op::SpdSolve { damping } => format!("spd_solve[{damping}]"),
         }

@@ -177,25 +177,25 @@ pub fn run(op: &Op, ins: &[In<'_>], out: &mut Out<'_>, shape: &[usize]) -> Resul
                 return Ok(());
             }
         }
-        Op::RoutedDropout {
-            p,
-            salts,
-            k,
-            transpose,
-        } => {
-            if let (In::F(x, _), In::F(mask, ms), In::I(seed, _), Out::F(o)) =
-                (&ins[0], &ins[1], &ins[2], &mut *out)
-            {
-                routed_dropout(x, mask, ms[1], seed, *p, salts, *k, *transpose, o);
-                return Ok(());
-            }
-        }
-        Op::RoutedExpand { p, salts, k } => {
-            if let (In::F(gr, _), In::F(a, as_), In::F(mask, ms), In::I(seed, _), Out::F(o)) =
+        Op::RoutedProject { p, salts, k }
+        | Op::RoutedExpand { p, salts, k }
+        | Op::RoutedOuter { p, salts, k } => {
+            if let (In::F(u, _), In::F(v, vs), In::F(mask, ms), In::I(seed, _), Out::F(o)) =
                 (&ins[0], &ins[1], &ins[2], &ins[3], &mut *out)
             {
                 let seed = seed.first().copied().unwrap_or(0) as u64;
-                routed_expand(gr, a, as_[1], mask, ms[1], seed, *p, salts, *k, o);
+                let r = super::routed::Routing {
+                    mask,
+                    experts: ms[1],
+                    k: *k,
+                    p: *p,
+                    streams: ops::routing::streams(seed, salts),
+                };
+                match op {
+                    Op::RoutedProject { .. } => super::routed::project(u, v, vs[1], &r, o),
+                    Op::RoutedExpand { .. } => super::routed::expand(u, v, vs[1], &r, o),
+                    _ => super::routed::outer(u, v, vs[1], &r, o),
+                }
                 return Ok(());
             }
         }
@@ -233,110 +233,4 @@ pub fn run(op: &Op, ins: &[In<'_>], out: &mut Out<'_>, shape: &[usize]) -> Resul
         _ => return Err(format!("{}: result does not fit its buffer", op.name())),
     }
     Ok(())
-}
-
-/// `Op::RoutedExpand` (ops/routing.rs), parallel over rows: each selected slot's product row
-/// (`expand`, the definition's multiply-add chains) under that expert's mask, summed in slot
-/// order.
-#[allow(clippy::too_many_arguments)]
-fn routed_expand(
-    gr: &[f32],
-    a: &[f32],
-    n: usize,
-    mask: &[f32],
-    experts: usize,
-    seed: u64,
-    p: f32,
-    salts: &[u64],
-    k: usize,
-    out: &mut [f32],
-) {
-    let streams: Vec<u64> = salts
-        .iter()
-        .map(|&s| ops::random::stream(seed, s))
-        .collect();
-    let q = a.len() / n.max(1);
-    out.par_chunks_mut(n.max(1)).enumerate().for_each_init(
-        || (vec![0f32; n], vec![0f32; n]),
-        |(v, f), (r, o)| {
-            o.fill(0.0);
-            let sel = ops::routing::selected(&mask[r * experts..(r + 1) * experts], k);
-            for (i, e) in sel.enumerate() {
-                expand(&gr[(r * k + i) * q..(r * k + i + 1) * q], a, n, v);
-                super::mask::factors(streams[e], (r * n) as u64, p, f);
-                for ((o, &v), &f) in o.iter_mut().zip(v.iter()).zip(f.iter()) {
-                    *o += v * f;
-                }
-            }
-        },
-    );
-}
-
-/// `ops::routing::expand_row`, compiled with FMA instructions where the CPU has them (the
-/// same chains, so the same bits; without them `mul_add` is a slow libm call).
-fn expand(g: &[f32], a: &[f32], n: usize, out: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("fma") && std::arch::is_x86_feature_detected!("avx2")
-        {
-            // SAFETY: the features the function enables were detected just above.
-            unsafe { expand_fma(g, a, n, out) };
-            return;
-        }
-    }
-    ops::routing::expand_row(g, a, n, out);
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "fma,avx2")]
-unsafe fn expand_fma(g: &[f32], a: &[f32], n: usize, out: &mut [f32]) {
-    ops::routing::expand_row(g, a, n, out);
-}
-
-/// `Op::RoutedDropout` (ops/routing.rs), parallel over rows: each row reads its selected
-/// experts from the mask and draws each slot's mask from that expert's stream.
-#[allow(clippy::too_many_arguments)]
-fn routed_dropout(
-    x: &[f32],
-    mask: &[f32],
-    experts: usize,
-    seed: &[i64],
-    p: f32,
-    salts: &[u64],
-    k: usize,
-    transpose: bool,
-    out: &mut [f32],
-) {
-    let seed = seed.first().copied().unwrap_or(0) as u64;
-    let streams: Vec<u64> = salts
-        .iter()
-        .map(|&s| ops::random::stream(seed, s))
-        .collect();
-    let rows = mask.len() / experts.max(1);
-    let n = out.len() / (rows * if transpose { 1 } else { k }).max(1);
-    let per_row = if transpose { n } else { k * n };
-    out.par_chunks_mut(per_row.max(1))
-        .enumerate()
-        .for_each_init(
-            || vec![0f32; n],
-            |f, (r, o)| {
-                o.fill(0.0);
-                let sel = ops::routing::selected(&mask[r * experts..(r + 1) * experts], k);
-                for (i, e) in sel.enumerate() {
-                    super::mask::factors(streams[e], (r * n) as u64, p, f);
-                    if transpose {
-                        let xs = &x[(r * k + i) * n..(r * k + i + 1) * n];
-                        for ((o, &v), &f) in o.iter_mut().zip(xs).zip(f.iter()) {
-                            *o += v * f;
-                        }
-                    } else {
-                        let xs = &x[r * n..(r + 1) * n];
-                        for ((o, &v), &f) in o[i * n..(i + 1) * n].iter_mut().zip(xs).zip(f.iter())
-                        {
-                            *o = v * f;
-                        }
-                    }
-                }
-            },
-        );
 }

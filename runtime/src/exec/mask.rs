@@ -8,17 +8,50 @@ use lorac_compiler::ir::ops::random::factor_at;
 pub fn factors(stream: u64, first: u64, p: f32, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
-        if (0.0..=1.0).contains(&p)
-            && std::arch::is_x86_feature_detected!("avx512f")
-            && std::arch::is_x86_feature_detected!("avx512dq")
-            && std::arch::is_x86_feature_detected!("avx512vl")
-        {
+        if (0.0..=1.0).contains(&p) && has_avx512() {
             // SAFETY: the features the function enables were detected just above.
             unsafe { avx512::factors(stream, first, p, out) };
             return;
         }
     }
     scalar(stream, first, p, out);
+}
+
+/// `out[j] = x[j] · factor(first + j)`: the dropped values, without storing the factors.
+pub fn apply(stream: u64, first: u64, p: f32, x: &[f32], out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if (0.0..=1.0).contains(&p) && has_avx512() {
+            // SAFETY: the features the function enables were detected just above.
+            unsafe { avx512::apply(stream, first, p, x, out) };
+            return;
+        }
+    }
+    for (j, (o, &x)) in out.iter_mut().zip(x).enumerate() {
+        *o = x * factor_at(stream, first + j as u64, p);
+    }
+}
+
+/// `acc[j] += v[j] · factor(first + j)` (the product rounded, then the sum).
+pub fn accumulate(stream: u64, first: u64, p: f32, v: &[f32], acc: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if (0.0..=1.0).contains(&p) && has_avx512() {
+            // SAFETY: the features the function enables were detected just above.
+            unsafe { avx512::accumulate(stream, first, p, v, acc) };
+            return;
+        }
+    }
+    for (j, (a, &v)) in acc.iter_mut().zip(v).enumerate() {
+        *a += v * factor_at(stream, first + j as u64, p);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn has_avx512() -> bool {
+    std::arch::is_x86_feature_detected!("avx512f")
+        && std::arch::is_x86_feature_detected!("avx512dq")
+        && std::arch::is_x86_feature_detected!("avx512vl")
 }
 
 /// The definition, one element at a time.
@@ -59,6 +92,70 @@ mod avx512 {
         }
         super::scalar(stream, first + full as u64, p, &mut out[full..]);
     }
+
+    /// The keep bits of elements `idx..idx + 16` of a stream (`factors`' test, 16 lanes).
+    #[inline(always)]
+    unsafe fn keep16(stream: u64, idx: u64, threshold: u64) -> __mmask16 {
+        let (c1, c2) = (
+            _mm512_set1_epi64(0xbf58_476d_1ce4_e5b9_u64 as i64),
+            _mm512_set1_epi64(0x94d0_49bb_1331_11eb_u64 as i64),
+        );
+        let t = _mm512_set1_epi64(threshold as i64);
+        let base = _mm512_set1_epi64(stream.wrapping_add(idx) as i64);
+        let mut z0 = _mm512_add_epi64(base, _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0));
+        let mut z1 = _mm512_add_epi64(base, _mm512_set_epi64(15, 14, 13, 12, 11, 10, 9, 8));
+        z0 = _mm512_mullo_epi64(_mm512_xor_si512(z0, _mm512_srli_epi64(z0, 30)), c1);
+        z1 = _mm512_mullo_epi64(_mm512_xor_si512(z1, _mm512_srli_epi64(z1, 30)), c1);
+        z0 = _mm512_mullo_epi64(_mm512_xor_si512(z0, _mm512_srli_epi64(z0, 27)), c2);
+        z1 = _mm512_mullo_epi64(_mm512_xor_si512(z1, _mm512_srli_epi64(z1, 27)), c2);
+        z0 = _mm512_xor_si512(z0, _mm512_srli_epi64(z0, 31));
+        z1 = _mm512_xor_si512(z1, _mm512_srli_epi64(z1, 31));
+        let k0 = _mm512_cmpge_epu64_mask(_mm512_srli_epi64(z0, 40), t);
+        let k1 = _mm512_cmpge_epu64_mask(_mm512_srli_epi64(z1, 40), t);
+        (k0 as u16) | ((k1 as u16) << 8)
+    }
+
+    /// The factors of elements `idx..idx + 16`: `scale` where kept, else 0.
+    #[inline(always)]
+    unsafe fn factors16(stream: u64, idx: u64, threshold: u64, scale: f32) -> __m512 {
+        let keep = keep16(stream, idx, threshold);
+        _mm512_mask_blend_ps(keep, _mm512_setzero_ps(), _mm512_set1_ps(scale))
+    }
+
+    #[target_feature(enable = "avx512f,avx512dq,avx512vl")]
+    pub unsafe fn apply(stream: u64, first: u64, p: f32, x: &[f32], out: &mut [f32]) {
+        let threshold = (p as f64 * 16_777_216.0).ceil() as u64;
+        let scale = 1.0 / (1.0 - p);
+        let n = x.len().min(out.len());
+        let full = n / 16 * 16;
+        for j in (0..full).step_by(16) {
+            let f = factors16(stream, first.wrapping_add(j as u64), threshold, scale);
+            // SAFETY: j + 16 <= full <= both lengths.
+            let v = _mm512_mul_ps(_mm512_loadu_ps(x.as_ptr().add(j)), f);
+            _mm512_storeu_ps(out.as_mut_ptr().add(j), v);
+        }
+        for j in full..n {
+            out[j] = x[j] * super::factor_at(stream, first + j as u64, p);
+        }
+    }
+
+    #[target_feature(enable = "avx512f,avx512dq,avx512vl")]
+    pub unsafe fn accumulate(stream: u64, first: u64, p: f32, v: &[f32], acc: &mut [f32]) {
+        let threshold = (p as f64 * 16_777_216.0).ceil() as u64;
+        let scale = 1.0 / (1.0 - p);
+        let n = v.len().min(acc.len());
+        let full = n / 16 * 16;
+        for j in (0..full).step_by(16) {
+            let f = factors16(stream, first.wrapping_add(j as u64), threshold, scale);
+            // SAFETY: j + 16 <= full <= both lengths.
+            let prod = _mm512_mul_ps(_mm512_loadu_ps(v.as_ptr().add(j)), f);
+            let a = acc.as_mut_ptr().add(j);
+            _mm512_storeu_ps(a, _mm512_add_ps(_mm512_loadu_ps(a), prod));
+        }
+        for j in full..n {
+            acc[j] += v[j] * super::factor_at(stream, first + j as u64, p);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -84,6 +181,28 @@ mod tests {
                         "stream {stream:#x} first {first} p {p} n {n}"
                     );
                 }
+            }
+        }
+        // `apply` and `accumulate` equal the definitions (NaN and infinities included).
+        for n in [0, 1, 15, 16, 17, 100] {
+            let x: Vec<f32> = (0..n)
+                .map(|i| match i % 7 {
+                    0 => f32::INFINITY,
+                    1 => f32::NAN,
+                    _ => i as f32 * -0.37,
+                })
+                .collect();
+            let (mut got, mut acc) = (vec![0f32; n], vec![1.5f32; n]);
+            apply(0xfeed, 3, 0.3, &x, &mut got);
+            accumulate(0xfeed, 3, 0.3, &x, &mut acc);
+            for j in 0..n {
+                let f = factor_at(0xfeed, 3 + j as u64, 0.3);
+                assert_eq!(got[j].to_bits(), (x[j] * f).to_bits(), "apply n {n} j {j}");
+                assert_eq!(
+                    acc[j].to_bits(),
+                    (1.5 + x[j] * f).to_bits(),
+                    "acc n {n} j {j}"
+                );
             }
         }
         // The drop rate is p: 100k draws at p = 0.3.

@@ -6,6 +6,7 @@ pub mod cpu;
 pub mod cuda;
 pub mod host;
 pub mod mask;
+pub mod routed;
 
 use lorac_compiler::ir::{Graph, Tensor};
 use std::collections::HashMap;

@@ -116,17 +116,7 @@ impl Lowerer<'_> {
         let at = g.t(a_all)?;
         let mut h = g.matmul(x, at)?;
         if let Some(gn) = gate {
-            // Each expert's gate column repeated over its d rank columns.
-            let gs = g.shape(gn).to_vec();
-            let mut col = gs.clone();
-            col.push(1);
-            let g3 = g.reshape(gn, &col)?;
-            let mut wide = gs.clone();
-            wide.push(d);
-            let gb = g.bc(g3, &wide)?;
-            let mut flat = gs[..gs.len() - 1].to_vec();
-            flat.push(count * d);
-            let gf = g.reshape(gb, &flat)?;
+            let gf = gate_columns(g, gn, d)?;
             h = g.times(h, gf)?;
         }
         let bp = g.permute(b, &[0, 2, 1])?;
@@ -134,10 +124,11 @@ impl Lowerer<'_> {
         Ok(Some(g.matmul(h, b_all)?))
     }
 
-    /// Top-k sparse dispatch of `Σ_e w[:, e] · (dropout_e(x) A[e]ᵀ) B[e]ᵀ`: each row's k
-    /// routed copies of `x` get their expert's mask (`RoutedDropout`), one product projects
-    /// every copy on the stacked `A`, the selected expert's block is kept and weighted
-    /// (`SlotExperts` ⊙ w), the copies are summed, and one product applies the stacked `B`.
+    /// Top-k sparse dispatch of `Σ_e w[:, e] · (dropout_e(x) A[e]ᵀ) B[e]ᵀ`: one
+    /// `RoutedProject` projects each row on its selected experts' factors under their masks
+    /// (the other experts' blocks stay 0), the gate weighs each block, and one product applies
+    /// the stacked `B`. Its gradients (`RoutedExpand`, `RoutedOuter`) regenerate the masks, so
+    /// no dropped copy of `x` is stored.
     #[allow(clippy::too_many_arguments)]
     fn routed_sum(
         &mut self,
@@ -152,35 +143,21 @@ impl Lowerer<'_> {
     ) -> R<NodeId> {
         let xs = g.shape(x).to_vec();
         let e = salts.len();
-        let (k, d) = (router.k, f.d);
         let t: usize = xs[..xs.len() - 1].iter().product();
         let xf = g.reshape(x, &[t, f.n])?;
         let mask = g.reshape(router.mask, &[t, e])?;
         let wf = g.reshape(w, &[t, e])?;
-        let op = Op::RoutedDropout {
+        let a_all = g.reshape(f.a, &[e * f.d, f.n])?;
+        let op = Op::RoutedProject {
             p,
             salts,
-            k,
-            transpose: false,
+            k: router.k,
         };
-        let xd = g.add(op, &[xf, mask, seed])?;
-        let xd = g.reshape(xd, &[t * k, f.n])?;
-        let a_all = g.reshape(f.a, &[e * d, f.n])?;
-        let at = g.t(a_all)?;
-        let u = g.matmul(xd, at)?;
-        let u = g.reshape(u, &[t, k, e, d])?;
-        // Slot i keeps its own expert's block, weighted by that expert's gate value.
-        let sel = g.add(Op::SlotExperts { k }, &[mask])?;
-        let w3 = g.reshape(wf, &[t, 1, e])?;
-        let w3 = g.bc(w3, &[t, k, e])?;
-        let sw = g.times(sel, w3)?;
-        let sw = g.reshape(sw, &[t, k, e, 1])?;
-        let sw = g.bc(sw, &[t, k, e, d])?;
-        let z = g.times(u, sw)?;
-        let z = g.sum(z, 1)?;
-        let z = g.reshape(z, &[t, e * d])?;
+        let u = g.add(op, &[xf, a_all, mask, seed])?;
+        let wc = gate_columns(g, wf, f.d)?;
+        let z = g.times(u, wc)?;
         let bp = g.permute(f.b, &[0, 2, 1])?;
-        let b_all = g.reshape(bp, &[e * d, f.m])?;
+        let b_all = g.reshape(bp, &[e * f.d, f.m])?;
         let out = g.matmul(z, b_all)?;
         let mut os = xs[..xs.len() - 1].to_vec();
         os.push(f.m);
@@ -197,4 +174,19 @@ impl Lowerer<'_> {
             None => Ok(None),
         }
     }
+}
+
+/// A gate `[..., E]` with each expert's column repeated over its `d` rank columns:
+/// `[..., E·d]`, to weigh a stacked projection block by block.
+fn gate_columns(g: &mut Graph, gate: NodeId, d: usize) -> R<NodeId> {
+    let gs = g.shape(gate).to_vec();
+    let mut col = gs.clone();
+    col.push(1);
+    let g3 = g.reshape(gate, &col)?;
+    let mut wide = gs.clone();
+    wide.push(d);
+    let gb = g.bc(g3, &wide)?;
+    let mut flat = gs[..gs.len() - 1].to_vec();
+    flat.push(gs[gs.len() - 1] * d);
+    g.reshape(gb, &flat)
 }

@@ -27,8 +27,7 @@ pub fn infer(op: &Op, ins: &Ins<'_>) -> Result<(Vec<usize>, DType), String> {
         | Op::ScatterAdd { .. }
         | Op::SpdSolve { .. }
         | Op::Dropout { .. } => Some(2),
-        Op::RoutedDropout { .. } => Some(3),
-        Op::RoutedExpand { .. } => Some(4),
+        Op::RoutedProject { .. } | Op::RoutedExpand { .. } | Op::RoutedOuter { .. } => Some(4),
         Op::Concat { .. } => None,
         _ => Some(1),
     };
@@ -56,7 +55,7 @@ pub fn infer(op: &Op, ins: &Ins<'_>) -> Result<(Vec<usize>, DType), String> {
         }
         Op::Reduce { .. } => reduce::infer(op, ins),
         Op::Dropout { .. } => random::infer(op, ins),
-        Op::RoutedDropout { .. } | Op::RoutedExpand { .. } | Op::SlotExperts { .. } => {
+        Op::RoutedProject { .. } | Op::RoutedExpand { .. } | Op::RoutedOuter { .. } => {
             routing::infer(op, ins)
         }
         Op::MatMul | Op::SpdSolve { .. } => linalg::infer(op, ins),
@@ -83,7 +82,7 @@ pub fn eval(op: &Op, ins: &[&Tensor]) -> Result<Tensor, String> {
         Op::Unary(_) | Op::Binary(_) | Op::StopGrad | Op::Cast { .. } => elementwise::eval(op, ins),
         Op::Reduce { .. } => reduce::eval(op, ins),
         Op::Dropout { .. } => random::eval(op, ins),
-        Op::RoutedDropout { .. } | Op::RoutedExpand { .. } | Op::SlotExperts { .. } => {
+        Op::RoutedProject { .. } | Op::RoutedExpand { .. } | Op::RoutedOuter { .. } => {
             routing::eval(op, ins)
         }
         Op::MatMul | Op::SpdSolve { .. } => linalg::eval(op, ins),
@@ -111,7 +110,7 @@ pub fn vjp(g: &mut Graph, node: NodeId, dy: NodeId, needs: &[bool]) -> R<Vec<Opt
         }
         Op::Reduce { .. } => reduce::vjp(g, &op, node, &ins, dy, needs),
         Op::Dropout { .. } => random::vjp(g, &op, &ins, dy, needs),
-        Op::RoutedDropout { .. } | Op::RoutedExpand { .. } | Op::SlotExperts { .. } => {
+        Op::RoutedProject { .. } | Op::RoutedExpand { .. } | Op::RoutedOuter { .. } => {
             routing::vjp(g, &op, &ins, dy, needs)
         }
         Op::MatMul | Op::SpdSolve { .. } => linalg::vjp(g, &op, node, &ins, dy, needs),

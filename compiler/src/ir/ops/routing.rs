@@ -1,12 +1,20 @@
-//! Top-k sparse dispatch helpers: which experts a row selected (`SlotExperts`) and dropout of
-//! the routed copies of a row, one mask per selected expert (`RoutedDropout`). Slot `i` of a
-//! row is its `i`-th selected expert in index order, on every backend.
+//! Top-k sparse dispatch of routed experts under per-expert dropout: the down-projection of
+//! each row on its selected experts' factors (`RoutedProject`) and its two gradients
+//! (`RoutedExpand` for the input, `RoutedOuter` for the factors). Slot `i` of a row is its
+//! `i`-th selected expert in index order, on every backend; masks are regenerated from the
+//! seed wherever they are needed, so no `[T, k, n]` dropped copy is ever stored.
 
-use super::random::factor;
+use super::random::{factor_at, stream};
 use super::Ins;
 use crate::ir::graph::{Graph, NodeId, R};
 use crate::ir::op::{DType, Op};
 use crate::ir::tensor::Tensor;
+
+/// Lanes of [`dot16`]: one AVX-512 register of f32.
+pub const LANES: usize = 16;
+
+/// Rows per block of `RoutedOuter`'s sums (blocks run in parallel on the CPU).
+pub const OUTER_ROWS: usize = 256;
 
 /// The experts row `row` of a top-k mask selects, in index order, at most `k`.
 #[inline]
@@ -18,75 +26,33 @@ pub fn selected(row: &[f32], k: usize) -> impl Iterator<Item = usize> + '_ {
         .take(k)
 }
 
-/// Shape rules.
-pub fn infer(op: &Op, ins: &Ins<'_>) -> Result<(Vec<usize>, DType), String> {
-    match op {
-        Op::SlotExperts { k } => {
-            let m = ins[0].0;
-            if ins[0].1 != DType::F32 || m.len() != 2 || *k == 0 || *k > m[1] {
-                return Err(format!("slot experts: top-{k} mask of shape {m:?}"));
-            }
-            Ok((vec![m[0], *k, m[1]], DType::F32))
+/// Combines the 16 lane sums of [`dot16`]: lane `l` adds lane `l + w` for `w` = 8, 4, 2, 1.
+#[inline(always)]
+pub fn combine16(mut s: [f32; LANES]) -> f32 {
+    for w in [8, 4, 2, 1] {
+        for l in 0..w {
+            s[l] += s[l + w];
         }
-        Op::RoutedDropout {
-            salts,
-            k,
-            transpose,
-            ..
-        } => {
-            let (x, m, seed) = (ins[0], ins[1], ins[2]);
-            if x.1 != DType::F32 || m.1 != DType::F32 || seed.1 != DType::I64 {
-                return Err("routed dropout needs f32 values and mask and an i64 seed".into());
-            }
-            if m.0.len() != 2 || m.0[1] != salts.len() || seed.0.iter().product::<usize>() != 1 {
-                return Err(format!(
-                    "routed dropout: mask {:?} for {} experts, seed {:?}",
-                    m.0,
-                    salts.len(),
-                    seed.0
-                ));
-            }
-            let t = m.0[0];
-            match (*transpose, x.0) {
-                (false, [rows, n]) if *rows == t => Ok((vec![t, *k, *n], DType::F32)),
-                (true, [rows, kk, n]) if *rows == t && kk == k => Ok((vec![t, *n], DType::F32)),
-                _ => Err(format!(
-                    "routed dropout{}: values {:?} do not fit {t} rows and k = {k}",
-                    if *transpose { " (adjoint)" } else { "" },
-                    x.0
-                )),
-            }
-        }
-        Op::RoutedExpand { salts, k, .. } => {
-            let (gr, a, m, seed) = (ins[0], ins[1], ins[2], ins[3]);
-            let f32s = [gr.1, a.1, m.1].iter().all(|d| *d == DType::F32);
-            if !f32s || seed.1 != DType::I64 || seed.0.iter().product::<usize>() != 1 {
-                return Err("routed expand needs f32 values, factor and mask, an i64 seed".into());
-            }
-            match (gr.0, a.0, m.0) {
-                ([t, kk, q], [qa, n], [tm, e])
-                    if kk == k && q == qa && t == tm && *e == salts.len() =>
-                {
-                    Ok((vec![*t, *n], DType::F32))
-                }
-                _ => Err(format!(
-                    "routed expand: values {:?}, factor {:?}, mask {:?} for k = {k} and {} experts",
-                    gr.0,
-                    a.0,
-                    m.0,
-                    salts.len()
-                )),
-            }
-        }
-        _ => Err(format!("not a routing op: {}", op.name())),
     }
+    s[0]
+}
+
+/// `Σ_j u[j]·a[j]` as routed projections define it (`u` the dropped row, each `x[j]·f[j]`
+/// rounded): lane `l` is one fused multiply-add chain over `j ≡ l (mod 16)` in order,
+/// starting from +0, then [`combine16`]. Vectorised code keeps the lanes in one register.
+#[inline(always)]
+pub fn dot16(u: &[f32], a: &[f32]) -> f32 {
+    let mut s = [0f32; LANES];
+    for (j, (&u, &a)) in u.iter().zip(a).enumerate() {
+        s[j % LANES] = u.mul_add(a, s[j % LANES]);
+    }
+    combine16(s)
 }
 
 /// `out[j] = Σ_q g[q] · a[q, j]`, one fused multiply-add chain per `j` over `q` in order,
-/// skipping `q` where `g[q]` is zero (the definition [`Op::RoutedExpand`] uses: a slot's
-/// gradient is zero outside its own expert's rank block, so most terms are skipped; the CPU
-/// host op vectorises over `j` with the same chains). Always inlined, so a caller compiled
-/// with FMA instructions gets them here too.
+/// skipping `q` where `g[q]` is zero (the definition [`Op::RoutedExpand`] uses; the CPU host
+/// op vectorises over `j` with the same chains). Always inlined, so a caller compiled with
+/// FMA instructions gets them here too.
 #[inline(always)]
 pub fn expand_row(g: &[f32], a: &[f32], n: usize, out: &mut [f32]) {
     out.iter_mut().for_each(|v| *v = 0.0);
@@ -100,76 +66,149 @@ pub fn expand_row(g: &[f32], a: &[f32], n: usize, out: &mut [f32]) {
     }
 }
 
+/// Per-expert dropout streams of a seed (`random::stream` of each salt).
+pub fn streams(seed: u64, salts: &[u64]) -> Vec<u64> {
+    salts.iter().map(|&s| stream(seed, s)).collect()
+}
+
+/// Checks the mask `[T, E]` and the seed; returns `(T, E)`.
+fn mask_and_seed(
+    m: (&[usize], DType),
+    seed: (&[usize], DType),
+    experts: usize,
+) -> Result<(usize, usize), String> {
+    if m.1 != DType::F32 || seed.1 != DType::I64 || seed.0.iter().product::<usize>() != 1 {
+        return Err("routed ops need an f32 top-k mask and one i64 seed".into());
+    }
+    match m.0 {
+        [t, e] if *e == experts && experts > 0 => Ok((*t, *e)),
+        _ => Err(format!("routed ops: mask {:?} for {experts} experts", m.0)),
+    }
+}
+
+/// Shape rules.
+pub fn infer(op: &Op, ins: &Ins<'_>) -> Result<(Vec<usize>, DType), String> {
+    let (Op::RoutedProject { salts, .. }
+    | Op::RoutedExpand { salts, .. }
+    | Op::RoutedOuter { salts, .. }) = op
+    else {
+        return Err(format!("not a routing op: {}", op.name()));
+    };
+    if ins[0].1 != DType::F32 || ins[1].1 != DType::F32 {
+        return Err(format!("{} needs f32 values and factors", op.name()));
+    }
+    let (t, e) = mask_and_seed(ins[2], ins[3], salts.len())?;
+    let (u, v) = (ins[0].0, ins[1].0);
+    let bad = || {
+        format!(
+            "{}: operands {u:?} and {v:?} do not fit {t} rows of {e} experts",
+            op.name()
+        )
+    };
+    let (rows, out) = match (op, u, v) {
+        // x[T, n], a[Q, n] → [T, Q]
+        (Op::RoutedProject { .. }, [r, n], [q, na]) if n == na => (*r, vec![*r, *q]),
+        // g[T, Q], a[Q, n] → [T, n]
+        (Op::RoutedExpand { .. }, [r, q], [qa, n]) if q == qa => (*r, vec![*r, *n]),
+        // g[T, Q], x[T, n] → [Q, n]
+        (Op::RoutedOuter { .. }, [r, q], [rx, n]) if r == rx => (*r, vec![*q, *n]),
+        _ => return Err(bad()),
+    };
+    let q = match op {
+        Op::RoutedExpand { .. } | Op::RoutedOuter { .. } => u[1],
+        _ => v[0],
+    };
+    if rows != t || q % e != 0 {
+        return Err(bad());
+    }
+    Ok((out, DType::F32))
+}
+
 /// Reference semantics.
 pub fn eval(op: &Op, ins: &[&Tensor]) -> Result<Tensor, String> {
+    let (Op::RoutedProject { p, salts, k }
+    | Op::RoutedExpand { p, salts, k }
+    | Op::RoutedOuter { p, salts, k }) = op
+    else {
+        return Err(format!("not a routing op: {}", op.name()));
+    };
+    let (u, v, m) = (ins[0], ins[1], ins[2]);
+    let st = streams(ins[3].i()[0] as u64, salts);
+    let (t, e) = (m.shape[0], m.shape[1]);
+    let sel = |r: usize| selected(&m.f()[r * e..(r + 1) * e], *k);
+    let masks = |r: usize, e: usize, n: usize| -> Vec<f32> {
+        (0..n)
+            .map(|j| factor_at(st[e], (r * n + j) as u64, *p))
+            .collect()
+    };
     match op {
-        Op::SlotExperts { k } => {
-            let m = ins[0];
-            let (t, e) = (m.shape[0], m.shape[1]);
-            let mut out = vec![0f32; t * k * e];
-            for (r, row) in m.f().chunks(e.max(1)).enumerate() {
-                for (i, ex) in selected(row, *k).enumerate() {
-                    out[(r * k + i) * e + ex] = 1.0;
-                }
-            }
-            Ok(Tensor::f32(vec![t, *k, e], out))
-        }
-        Op::RoutedDropout {
-            p,
-            salts,
-            k,
-            transpose,
-        } => {
-            let (x, m, seed) = (ins[0], ins[1], ins[2].i()[0] as u64);
-            let (t, e) = (m.shape[0], m.shape[1]);
-            let n = *x.shape.last().unwrap_or(&1);
-            let mut out = vec![0f32; if *transpose { t * n } else { t * k * n }];
+        Op::RoutedProject { .. } => {
+            let (x, a) = (u.f(), v.f());
+            let (q, n) = (v.shape[0], v.shape[1]);
+            let d = q / e;
+            let mut out = vec![0f32; t * q];
             for r in 0..t {
-                for (i, ex) in selected(&m.f()[r * e..(r + 1) * e], *k).enumerate() {
-                    for j in 0..n {
-                        let f = factor(seed, salts[ex], (r * n + j) as u64, *p);
-                        if *transpose {
-                            out[r * n + j] += x.f()[(r * k + i) * n + j] * f;
-                        } else {
-                            out[(r * k + i) * n + j] = x.f()[r * n + j] * f;
-                        }
+                let xr = &x[r * n..(r + 1) * n];
+                for ex in sel(r) {
+                    let f = masks(r, ex, n);
+                    let u: Vec<f32> = xr.iter().zip(&f).map(|(x, f)| x * f).collect();
+                    for c in ex * d..(ex + 1) * d {
+                        out[r * q + c] = dot16(&u, &a[c * n..(c + 1) * n]);
                     }
                 }
             }
-            let shape = if *transpose {
-                vec![t, n]
-            } else {
-                vec![t, *k, n]
-            };
-            Ok(Tensor::f32(shape, out))
+            Ok(Tensor::f32(vec![t, q], out))
         }
-        Op::RoutedExpand { p, salts, k } => {
-            let (gr, a, m, seed) = (ins[0], ins[1], ins[2], ins[3].i()[0] as u64);
-            let (t, e) = (m.shape[0], m.shape[1]);
-            let (q, n) = (a.shape[0], a.shape[1]);
+        Op::RoutedExpand { .. } => {
+            let (g, a) = (u.f(), v.f());
+            let (q, n) = (v.shape[0], v.shape[1]);
+            let d = q / e;
             let mut out = vec![0f32; t * n];
-            let mut v = vec![0f32; n];
+            let mut row = vec![0f32; n];
             for r in 0..t {
-                for (i, ex) in selected(&m.f()[r * e..(r + 1) * e], *k).enumerate() {
-                    expand_row(
-                        &gr.f()[(r * k + i) * q..(r * k + i + 1) * q],
-                        a.f(),
-                        n,
-                        &mut v,
-                    );
-                    for (j, &vj) in v.iter().enumerate() {
-                        out[r * n + j] += vj * factor(seed, salts[ex], (r * n + j) as u64, *p);
+                for ex in sel(r) {
+                    let gb = &g[r * q + ex * d..r * q + (ex + 1) * d];
+                    expand_row(gb, &a[ex * d * n..(ex + 1) * d * n], n, &mut row);
+                    let f = masks(r, ex, n);
+                    for ((o, &v), &f) in out[r * n..(r + 1) * n].iter_mut().zip(&row).zip(&f) {
+                        *o += v * f;
                     }
                 }
             }
             Ok(Tensor::f32(vec![t, n], out))
         }
-        _ => Err(format!("not a routing op: {}", op.name())),
+        _ => {
+            let (g, x) = (u.f(), v.f());
+            let (q, n) = (u.shape[1], v.shape[1]);
+            let d = q / e;
+            let mut out = vec![0f32; q * n];
+            for (b, r0) in (0..t).step_by(OUTER_ROWS).enumerate() {
+                let mut acc = vec![0f32; q * n];
+                for r in r0..t.min(r0 + OUTER_ROWS) {
+                    for ex in sel(r) {
+                        let f = masks(r, ex, n);
+                        for c in ex * d..(ex + 1) * d {
+                            let gc = g[r * q + c];
+                            for j in 0..n {
+                                let xd = x[r * n + j] * f[j];
+                                acc[c * n + j] = gc.mul_add(xd, acc[c * n + j]);
+                            }
+                        }
+                    }
+                }
+                if b == 0 {
+                    out = acc;
+                } else {
+                    out.iter_mut().zip(&acc).for_each(|(o, a)| *o += a);
+                }
+            }
+            Ok(Tensor::f32(vec![q, n], out))
+        }
     }
 }
 
-/// VJP: routed dropout is linear in its values for a fixed mask and seed, so its gradient is
-/// its adjoint (and the adjoint's is the forward). Masks and slots are piecewise constant.
+/// VJP: a routed projection is linear in `x` and in `a` for fixed masks, so its gradients are
+/// `RoutedExpand` (for `x`) and `RoutedOuter` (for `a`); masks and seeds get none.
 pub fn vjp(
     g: &mut Graph,
     op: &Op,
@@ -178,24 +217,32 @@ pub fn vjp(
     needs: &[bool],
 ) -> R<Vec<Option<NodeId>>> {
     match op {
-        Op::RoutedDropout {
-            p,
-            salts,
-            k,
-            transpose,
-        } if needs.first() == Some(&true) => {
-            let adj = Op::RoutedDropout {
-                p: *p,
-                salts: salts.clone(),
-                k: *k,
-                transpose: !transpose,
+        Op::RoutedProject { p, salts, k } => {
+            let (p, salts, k) = (*p, salts.clone(), *k);
+            let rest = [ins[2], ins[3]];
+            let dx = if needs[0] {
+                let op = Op::RoutedExpand {
+                    p,
+                    salts: salts.clone(),
+                    k,
+                };
+                Some(g.add(op, &[dy, ins[1], rest[0], rest[1]])?)
+            } else {
+                None
             };
-            Ok(vec![Some(g.add(adj, &[dy, ins[1], ins[2]])?), None, None])
+            let da = if needs[1] {
+                let op = Op::RoutedOuter { p, salts, k };
+                Some(g.add(op, &[dy, ins[0], rest[0], rest[1]])?)
+            } else {
+                None
+            };
+            Ok(vec![dx, da, None, None])
         }
-        // Made by a pass after differentiation; never differentiated itself.
-        Op::RoutedExpand { .. } if needs.iter().any(|&n| n) => Err(crate::ir::IrError(
-            "routed_expand (a fused backward op) has no gradient".into(),
-        )),
+        // Made by differentiation; never differentiated themselves.
+        _ if needs.iter().any(|&n| n) => Err(crate::ir::IrError(format!(
+            "{} (a gradient op) has no gradient",
+            op.name()
+        ))),
         _ => Ok(vec![None; ins.len()]),
     }
 }
