@@ -126,7 +126,7 @@ enum Command {
         /// Format of `--emit report`.
         #[arg(long, value_enum, default_value = "text")]
         format: Format,
-        /// Print the graph after a pass: `after:build`, `after:simplify`, `after:reassoc`, `after:cse`, `after:dce`, `after:all`.
+        /// Print the graph after a pass: `after:build`, `after:simplify`, `after:reassoc`, `after:hoist_scale`, `after:cse`, `after:dce`, `after:all`.
         #[arg(long = "dump-ir")]
         dump_ir: Option<String>,
         /// Output file (default: stdout).

@@ -3,6 +3,7 @@
 pub mod autodiff;
 pub mod cse;
 pub mod dce;
+pub mod hoist_scale;
 pub mod reassoc;
 pub mod simplify;
 
@@ -12,15 +13,16 @@ use crate::ir::{Graph, IrError, R};
 /// The passes that preserve every result bit for bit, in order.
 pub const PIPELINE: &[&str] = &["simplify", "cse", "dce"];
 
-/// Every stage [`optimize`] runs: reassociation (exact in real arithmetic, but it changes
-/// rounding) and then the bit-exact pipeline.
-pub const STAGES: &[&str] = &["reassoc", "simplify", "cse", "dce"];
+/// Every stage [`optimize`] runs: reassociation and scale hoisting (exact in real arithmetic,
+/// but they change rounding) and then the bit-exact pipeline.
+pub const STAGES: &[&str] = &["reassoc", "hoist_scale", "simplify", "cse", "dce"];
 
 /// Runs one named pass; returns how many nodes it changed.
 pub fn run_pass(name: &str, g: &mut Graph) -> R<usize> {
     let n = match name {
         "simplify" => simplify::run(g)?,
         "reassoc" => reassoc::run(g)?,
+        "hoist_scale" => hoist_scale::run(g)?,
         "cse" => cse::run(g)?,
         "dce" => dce::run(g)?,
         other => {
