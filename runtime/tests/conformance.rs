@@ -488,7 +488,8 @@ fn routed_ops_match() {
     use lorac_compiler::ir::ops::random::factor;
     for n in SIZES {
         for (k, d) in [(1, 1), (2, 1), (3, 2)] {
-            let (rows, e, p) = (37, 8, 0.25);
+            // More than two blocks of `RoutedOuter`'s rows (256), the last one partial.
+            let (rows, e, p) = (531, 8, 0.25);
             let q = e * d;
             let mut c = Case::new(900 + n as u64 + 10 * k as u64 + d as u64);
             let x = c.input("x", &[rows, n], -1.0, 1.0);

@@ -31,9 +31,19 @@ fn scaled(g: &Graph, id: NodeId) -> Option<(NodeId, f32)> {
     }
 }
 
-/// The distinct readers of `id`.
+/// The distinct live readers of `id` (a product replaced earlier in this run has no readers
+/// left and is not an output; it is skipped until DCE removes it).
 fn readers(g: &Graph, id: NodeId) -> Vec<NodeId> {
-    let mut v: Vec<NodeId> = g.g.neighbors_directed(id, Direction::Outgoing).collect();
+    let live = |u: &NodeId| {
+        g.g.neighbors_directed(*u, Direction::Outgoing)
+            .next()
+            .is_some()
+            || g.outputs.iter().any(|(_, o)| o == u)
+    };
+    let mut v: Vec<NodeId> =
+        g.g.neighbors_directed(id, Direction::Outgoing)
+            .filter(live)
+            .collect();
     v.sort();
     v.dedup();
     v

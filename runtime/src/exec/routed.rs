@@ -34,7 +34,9 @@ impl Routing<'_> {
 
 /// `Op::RoutedProject`: `x[T, n]`, `a[Q, n]` → `out[T, Q]`, parallel over rows.
 pub fn project(x: &[f32], a: &[f32], n: usize, r: &Routing<'_>, out: &mut [f32]) {
-    let q = a.len() / n.max(1);
+    // Q from the output (`a` is empty when n = 0).
+    let rows = r.mask.len() / r.experts.max(1);
+    let q = out.len() / rows.max(1);
     let d = q / r.experts.max(1);
     out.par_chunks_mut(q.max(1)).enumerate().for_each_init(
         || vec![0f32; n],
@@ -112,6 +114,13 @@ fn dot16(u: &[f32], a: &[f32]) -> f32 {
             return unsafe { avx512::dot16(u, a) };
         }
     }
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("fma") {
+            // SAFETY: the feature the function enables was detected just above.
+            return unsafe { avx512::dot16_fma(u, a) };
+        }
+    }
     routing::dot16(u, a)
 }
 
@@ -181,6 +190,12 @@ mod avx512 {
         routing::combine16(s)
     }
 
+    /// The definition compiled with FMA instructions (no AVX-512): the same chains.
+    #[target_feature(enable = "fma")]
+    pub unsafe fn dot16_fma(u: &[f32], a: &[f32]) -> f32 {
+        routing::dot16(u, a)
+    }
+
     #[target_feature(enable = "fma,avx2")]
     pub unsafe fn axpy_fma(g: f32, u: &[f32], acc: &mut [f32]) {
         super::axpy_def(g, u, acc);
@@ -195,6 +210,22 @@ mod avx512 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Empty rows of `x` (n = 0) give zero projections, not a panic.
+    #[test]
+    fn project_of_empty_rows_is_zero() {
+        let mask = [1f32, 0.0, 0.0, 1.0];
+        let r = Routing {
+            mask: &mask,
+            experts: 2,
+            k: 1,
+            p: 0.1,
+            streams: vec![1, 2],
+        };
+        let mut out = vec![7f32; 2 * 4];
+        project(&[], &[], 0, &r, &mut out);
+        assert_eq!(out, vec![0f32; 8]);
+    }
 
     /// The vector dot equals the definition bit for bit, tails included, and a closed form
     /// in f64 within rounding.
