@@ -105,6 +105,19 @@ pub fn outer(g: &[f32], x: &[f32], n: usize, r: &Routing<'_>, out: &mut [f32]) {
     }
 }
 
+/// Whether the CPU has FMA (with AVX2): the fallbacks below then compile the definitions'
+/// `mul_add` chains to instructions instead of libm `fmaf` calls (same chains, same bits).
+fn has_fma() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("fma") && std::arch::is_x86_feature_detected!("avx2")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// `routing::dot16`, on AVX-512 where the CPU has it (the 16 lanes are one register).
 fn dot16(u: &[f32], a: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
@@ -113,11 +126,8 @@ fn dot16(u: &[f32], a: &[f32]) -> f32 {
             // SAFETY: the feature the function enables was detected just above.
             return unsafe { avx512::dot16(u, a) };
         }
-    }
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("fma") {
-            // SAFETY: the feature the function enables was detected just above.
+        if has_fma() {
+            // SAFETY: `has_fma` detected the features the function enables.
             return unsafe { avx512::dot16_fma(u, a) };
         }
     }
@@ -127,13 +137,10 @@ fn dot16(u: &[f32], a: &[f32]) -> f32 {
 /// `acc[j] = fma(g, u[j], acc[j])`, with FMA instructions where the CPU has them.
 fn axpy(g: f32, u: &[f32], acc: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("fma") && std::arch::is_x86_feature_detected!("avx2")
-        {
-            // SAFETY: the features the function enables were detected just above.
-            unsafe { avx512::axpy_fma(g, u, acc) };
-            return;
-        }
+    if has_fma() {
+        // SAFETY: `has_fma` detected the features the function enables.
+        unsafe { avx512::axpy_fma(g, u, acc) };
+        return;
     }
     axpy_def(g, u, acc);
 }
@@ -145,17 +152,13 @@ fn axpy_def(g: f32, u: &[f32], acc: &mut [f32]) {
     }
 }
 
-/// `routing::expand_row`, compiled with FMA instructions where the CPU has them (the same
-/// chains, so the same bits; without them `mul_add` is a slow libm call).
+/// `routing::expand_row`, with FMA instructions where the CPU has them.
 fn expand_rows(g: &[f32], a: &[f32], n: usize, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("fma") && std::arch::is_x86_feature_detected!("avx2")
-        {
-            // SAFETY: the features the function enables were detected just above.
-            unsafe { avx512::expand_fma(g, a, n, out) };
-            return;
-        }
+    if has_fma() {
+        // SAFETY: `has_fma` detected the features the function enables.
+        unsafe { avx512::expand_fma(g, a, n, out) };
+        return;
     }
     routing::expand_row(g, a, n, out);
 }
@@ -191,7 +194,7 @@ mod avx512 {
     }
 
     /// The definition compiled with FMA instructions (no AVX-512): the same chains.
-    #[target_feature(enable = "fma")]
+    #[target_feature(enable = "fma,avx2")]
     pub unsafe fn dot16_fma(u: &[f32], a: &[f32]) -> f32 {
         routing::dot16(u, a)
     }
