@@ -1,7 +1,7 @@
 //! The generated CUDA C, compiled as host C++ through `tests/cuda/shim.h` (threads for CUDA
 //! threads, a barrier-synchronised warp for `__shfl_down_sync`), computes what
 //! `Kernel::eval_host` computes: every unary and binary op, every addressing mode, row and
-//! column sums and maxima, at sizes 1, 3, 50 and 783, launched with 2 blocks of 64 threads so
+//! column sums and maxima, fused thin products (`Inst::Dot`), at sizes 1, 3, 50 and 783, launched with 2 blocks of 64 threads so
 //! grid-stride loops, several warps and several blocks all take part.
 //!
 //! Tolerance: |emulated − reference| ≤ tol · max(1, |reference|), tol = 1e-6 for maps (the same
@@ -104,6 +104,32 @@ fn reduce(form: Form, rows: usize, inner: usize, div: usize, splat: bool) -> Ker
     }
 }
 
+/// A fused thin product `x + Σ_p a[r, p]·b[p, j]` (with the product itself as a second
+/// output), as a map or summed over each row.
+fn dot(form: Form, rows: usize, inner: usize, k: usize) -> Kernel {
+    Kernel {
+        name: String::new(),
+        form,
+        rows,
+        inner,
+        operands: vec![
+            Access::Vec { div: 1 },
+            Access::DotRows { k },
+            Access::DotCols { k },
+        ],
+        body: vec![
+            Inst::Load(0),
+            Inst::Dot(1, 2),
+            Inst::Binary(BinaryOp::Add, 0, 1),
+        ],
+        outputs: if form == Form::Map {
+            vec![2, 1]
+        } else {
+            vec![2]
+        },
+    }
+}
+
 fn kernels() -> Vec<Kernel> {
     let mut ks = vec![];
     for &rows in &SIZES {
@@ -117,6 +143,10 @@ fn kernels() -> Vec<Kernel> {
                 ks.push(reduce(Form::RowReduce(op), rows, inner, div, false));
                 ks.push(reduce(Form::ColReduce(op), rows, inner, div, true));
             }
+            for k in [1, 3, 16] {
+                ks.push(dot(Form::Map, rows, inner, k));
+            }
+            ks.push(dot(Form::RowReduce(ReduceOp::Sum), rows, inner, 8));
         }
     }
     for (i, k) in ks.iter_mut().enumerate() {

@@ -117,6 +117,21 @@ fn run(path: Path, shape: (usize, usize, usize), la: Layout, lb: Layout, par: bo
     out
 }
 
+/// The reference interpreter's product (`gemm_rowmajor`) on [`run`]'s operands.
+fn via_gemm_rowmajor((m, k, n): (usize, usize, usize)) -> Vec<f32> {
+    let seed = (m * 1_000_003 + k * 1009 + n) as u64;
+    let mut out = vec![f32::NAN; m * n];
+    gemm_rowmajor(
+        m,
+        k,
+        n,
+        &values(m * k, seed),
+        &values(k * n, seed + 1),
+        &mut out,
+    );
+    out
+}
+
 fn bits(v: &[f32]) -> Vec<u32> {
     v.iter().map(|x| x.to_bits()).collect()
 }
@@ -212,16 +227,7 @@ fn strided_operands_equal_row_major_copies() {
             assert_eq!(bits(&got), bits(&want), "{shape:?} {la:?}/{lb:?}");
         }
         if thin::applies(m, k, n) {
-            let seed = (m * 1_000_003 + k * 1009 + n) as u64;
-            let mut out = vec![f32::NAN; m * n];
-            gemm_rowmajor(
-                m,
-                k,
-                n,
-                &values(m * k, seed),
-                &values(k * n, seed + 1),
-                &mut out,
-            );
+            let out = via_gemm_rowmajor(shape);
             assert_eq!(bits(&out), bits(&want), "gemm_rowmajor {shape:?}");
         }
     }
@@ -242,4 +248,24 @@ fn applies_to_large_thin_products_only() {
     assert!(!thin::applies(0, 1 << 20, 8));
     assert!(thin::applies(1 << 13, 8, 1));
     assert!(!thin::applies(1 << 13, 7, 1));
+}
+
+/// A thin inner dimension (k ≤ 16) is defined by this module's chains too, at every size and
+/// whatever the other sides (fused kernels compute such products in registers by the same
+/// chain, `Inst::Dot`). `gemm` does not give these bits in general (k = 2, or a side of 16 or
+/// less, differ), so the reference's `gemm_rowmajor` must route them here.
+#[test]
+fn thin_inner_products_follow_the_chain_definition() {
+    for k in 1..=16 {
+        for m in ODD.into_iter().chain([64, 2048]) {
+            for n in ODD.into_iter().chain([384, 1536]) {
+                assert!(thin::defines(m, k, n));
+                let want = run(Path::Scalar, (m, k, n), Layout::Rows, Layout::Rows, false);
+                let out = via_gemm_rowmajor((m, k, n));
+                assert_eq!(bits(&out), bits(&want), "{m}x{k}x{n}");
+            }
+        }
+    }
+    assert!(!thin::defines(2048, 17, 2048));
+    assert!(!thin::defines(128, 128, 32));
 }

@@ -1,8 +1,8 @@
 //! Backend conformance: every op family and the fused forms the lowering produces (chains,
 //! broadcasts in every addressing mode, row/column reductions, softmax, layer norm, GELU,
-//! transposed and batched products, views, gathers) run on each backend and are compared with
-//! the reference interpreter on seeded inputs at sizes 1, 3, 50 and 783 (783 and 50 leave a
-//! scalar tail after the 4-lane vector loop).
+//! transposed and batched products, fused thin products, views, gathers) run on each backend
+//! and are compared with the reference interpreter on seeded inputs at sizes 1, 3, 50 and 783
+//! (783 and 50 leave a scalar tail after the 4-lane vector loop).
 //!
 //! Tolerances: |backend − reference| ≤ tol · max(1, |reference|), with tol = 2e-6 for
 //! elementwise results (the CPU backend repeats the reference's exp/erf operation for
@@ -550,6 +550,90 @@ fn routed_ops_match() {
                     assert!(
                         (w - *v as f64).abs() <= 1e-5 * scale,
                         "{name}[{i}] n={n} k={k} d={d}: {v} vs oracle {w}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Products with a thin inner dimension (a LoRA rank) read by one elementwise op are computed
+/// inside that op's kernel (`Inst::Dot`): plain, with a transposed right factor, through a
+/// reshape, inside a row sum, and (read twice, so stored) as a plain product. All equal the
+/// reference bit for bit (both follow `ir::ops::thin`'s chain), and an f64 oracle within
+/// 1e-6 of the terms' magnitude.
+#[test]
+fn fused_thin_products_match() {
+    use lorac_compiler::lower::kernel::Inst;
+    for n in SIZES {
+        for k in [1, 2, 3, 8, 16] {
+            let rows = 37;
+            let mut c = Case::new(1300 + n as u64 * 17 + k as u64);
+            let x = c.input("x", &[rows, k], -1.0, 1.0);
+            let b = c.input("b", &[k, n], -1.0, 1.0);
+            let bt_src = c.input("bt", &[n, k], -1.0, 1.0);
+            let base = c.input("base", &[rows, n], -1.0, 1.0);
+            // base + 3·(x b)
+            let xb = c.g.matmul(x, b).unwrap();
+            let s = c.g.scale(xb, 3.0).unwrap();
+            let plain = c.g.plus(base, s).unwrap();
+            // exp(x btᵀ)
+            let bt = c.g.t(bt_src).unwrap();
+            let xbt = c.g.matmul(x, bt).unwrap();
+            let trans = c.g.un(UnaryOp::Exp, xbt).unwrap();
+            // [rows, n] → [1, rows, n] through a reshape, added to a reshaped base.
+            let xb2 = c.g.matmul(x, b).unwrap();
+            let r3 = c.g.reshape(xb2, &[1, rows, n]).unwrap();
+            let base3 = c.g.reshape(base, &[1, rows, n]).unwrap();
+            let reshaped = c.g.times(r3, base3).unwrap();
+            // Σ_j (x b + base) inside a row sum.
+            let xb3 = c.g.matmul(x, b).unwrap();
+            let t = c.g.plus(xb3, base).unwrap();
+            let summed = c.g.sum(t, 1).unwrap();
+            // Read twice: stored as a product.
+            let xb4 = c.g.matmul(x, b).unwrap();
+            let twice = c.g.times(xb4, xb4).unwrap();
+            let outs = [
+                ("plain", plain),
+                ("trans", trans),
+                ("reshaped", reshaped),
+                ("summed", summed),
+                ("twice", twice),
+            ];
+            for (name, v) in outs {
+                c.g.set_output(name, v);
+            }
+            // CSE is not run here, so every product above is its own node.
+            let plan = lorac_compiler::lower::plan::lower(&c.g).unwrap();
+            let dots = plan
+                .kernels
+                .iter()
+                .filter(|kk| kk.body.iter().any(|i| matches!(i, Inst::Dot(..))))
+                .count();
+            assert_eq!(dots, 4, "fused products (n={n}, k={k})");
+            c.check(&format!("dot[n={n}, k={k}]"), 0.0);
+
+            let got = c.run_on(Backend::Cpu);
+            let bits = |t: &Tensor| t.f().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            let want = c.run_on(Backend::Reference);
+            for (name, _) in outs {
+                assert_eq!(bits(&got[name]), bits(&want[name]), "{name} n={n} k={k}");
+            }
+            // The oracle for the plain form.
+            let (xv, bv, basev) = (c.inputs["x"].f(), c.inputs["b"].f(), c.inputs["base"].f());
+            for r in 0..rows {
+                for j in 0..n {
+                    let (mut w, mut mag) = (0f64, 0f64);
+                    for p in 0..k {
+                        let t = xv[r * k + p] as f64 * bv[p * n + j] as f64;
+                        w += t;
+                        mag += t.abs();
+                    }
+                    let want = basev[r * n + j] as f64 + 3.0 * w;
+                    let v = got["plain"].f()[r * n + j] as f64;
+                    assert!(
+                        (v - want).abs() <= 1e-6 * (1.0 + 3.0 * mag),
+                        "plain[{r},{j}] n={n} k={k}: {v} vs oracle {want}"
                     );
                 }
             }

@@ -12,6 +12,12 @@ pub enum Access {
     Vec { div: usize },
     /// One value per group of `div` rows, shared by every `j`: element `r / div`.
     Splat { div: usize },
+    /// The left factor of a fused product ([`Inst::Dot`]): row `r`'s `k` values, elements
+    /// `r·k .. r·k + k`.
+    DotRows { k: usize },
+    /// The right factor of a fused product: a `k × inner` matrix, element `(p, j)` at
+    /// `p·inner + j`.
+    DotCols { k: usize },
 }
 
 /// One SSA instruction of a kernel body; operands name earlier instructions.
@@ -25,6 +31,11 @@ pub enum Inst {
     Unary(UnaryOp, usize),
     /// Elementwise binary.
     Binary(BinaryOp, usize, usize),
+    /// `Σ_p a[r, p]·b[p, j]` over operands `a` ([`Access::DotRows`]) and `b`
+    /// ([`Access::DotCols`]): a product with a thin inner dimension (a LoRA rank), computed
+    /// where it is read. One fused multiply-add chain from +0 in increasing `p`, the
+    /// definition `ir::ops::thin` gives every product with `k ≤ 16`.
+    Dot(usize, usize),
 }
 
 /// What a kernel does with its body's values.
@@ -63,6 +74,9 @@ impl Access {
         match self {
             Access::Vec { div } => (r / div) * inner + j,
             Access::Splat { div } => r / div,
+            // Where the factor's run for this point starts (its step is 1 or `inner`).
+            Access::DotRows { k } => r * k,
+            Access::DotCols { .. } => j,
         }
     }
 }
@@ -78,6 +92,7 @@ impl Kernel {
             Access::Vec { div } => div == 1,
             // A per-row scalar of single-element rows is that element.
             Access::Splat { div } => div == 1 && inner == 1,
+            Access::DotRows { .. } | Access::DotCols { .. } => false,
         };
         if self.form != Form::Map
             || inner >= 64
@@ -96,6 +111,34 @@ impl Kernel {
         (self.rows, self.inner) = (total / width, width);
     }
 
+    /// Checks what code generation relies on: every instruction names earlier values and
+    /// existing operands, and each `Dot` reads a `DotRows` and a `DotCols` factor of equal `k`.
+    pub fn check(&self) -> Result<(), String> {
+        let bad = |i: usize, why: &str| Err(format!("kernel {}: instruction {i} {why}", self.name));
+        for (i, inst) in self.body.iter().enumerate() {
+            let (vals, ops): (Vec<usize>, Vec<usize>) = match *inst {
+                Inst::Load(q) => (vec![], vec![q]),
+                Inst::Const(_) => (vec![], vec![]),
+                Inst::Unary(_, a) => (vec![a], vec![]),
+                Inst::Binary(_, x, y) => (vec![x, y], vec![]),
+                Inst::Dot(a, b) => (vec![], vec![a, b]),
+            };
+            if vals.iter().any(|&v| v >= i) || ops.iter().any(|&q| q >= self.operands.len()) {
+                return bad(i, "reads a later value or a missing operand");
+            }
+            if let Inst::Dot(a, b) = *inst {
+                match (self.operands[a], self.operands[b]) {
+                    (Access::DotRows { k }, Access::DotCols { k: k2 }) if k == k2 && k > 0 => {}
+                    _ => return bad(i, "is a product without matching factors"),
+                }
+            }
+        }
+        if self.outputs.iter().any(|&o| o >= self.body.len()) {
+            return Err(format!("kernel {}: an output names no value", self.name));
+        }
+        Ok(())
+    }
+
     /// Number of elements of output `o`.
     pub fn output_len(&self) -> usize {
         match self.form {
@@ -111,6 +154,8 @@ impl Kernel {
         match self.operands[k] {
             Access::Vec { div } => groups(div) * self.inner,
             Access::Splat { div } => groups(div),
+            Access::DotRows { k } => self.rows * k,
+            Access::DotCols { k } => k * self.inner,
         }
     }
 
@@ -123,6 +168,15 @@ impl Kernel {
                 Inst::Const(c) => c,
                 Inst::Unary(u, a) => unary_fn(u, vals[a]),
                 Inst::Binary(b, x, y) => binary_fn(b, vals[x], vals[y]),
+                Inst::Dot(a, b) => {
+                    let (ra, cb) = (self.operands[a], self.operands[b]);
+                    let (x, y) = (ra.index(r, j, self.inner), cb.index(r, j, self.inner));
+                    let mut acc = 0f32;
+                    for p in 0..dot_k(ra) {
+                        acc = ins[a][x + p].mul_add(ins[b][y + p * self.inner], acc);
+                    }
+                    acc
+                }
             };
             vals.push(v);
         }
@@ -162,6 +216,14 @@ impl Kernel {
                 }
             }
         }
+    }
+}
+
+/// The inner dimension of a fused product's factor (0 for other accesses).
+pub fn dot_k(a: Access) -> usize {
+    match a {
+        Access::DotRows { k } | Access::DotCols { k } => k,
+        _ => 0,
     }
 }
 

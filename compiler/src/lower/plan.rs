@@ -138,6 +138,11 @@ enum RedKind {
 /// Largest expression (in ops) recomputed in every consumer instead of stored.
 const RECOMPUTE: usize = 4;
 
+/// Largest inner dimension of a product computed inside its reader's kernel ([`Inst::Dot`]):
+/// LoRA ranks. Such a product is memory bound; stored, it costs a write and a read of the
+/// whole result for a few multiply-adds per element.
+const DOT_K: usize = 16;
+
 struct Lower<'g> {
     g: &'g Graph,
     opt: LowerOptions,
@@ -255,6 +260,9 @@ impl Lower<'_> {
             for o in self.g.inputs(id) {
                 if is_elem(&self.node(o).op) && self.inlined(o) {
                     total = total.zip(self.recompute_cost(o)).map(|(a, b)| a + b);
+                } else if let Some(p) = self.dot_leaf(o) {
+                    total =
+                        total.map(|t| t + self.g.shape(self.g.inputs(p)[0]).last().unwrap_or(&0));
                 }
             }
             total
@@ -292,7 +300,7 @@ impl Lower<'_> {
             && self
                 .users(id)
                 .iter()
-                .all(|&u| matches!(self.node(u).op, Op::MatMul))
+                .all(|&u| matches!(self.node(u).op, Op::MatMul) && !self.inline_dot(u))
     }
 
     /// A permute (not a plain transpose) only matrix products read: they read its operand's
@@ -309,7 +317,65 @@ impl Lower<'_> {
             && self
                 .users(id)
                 .iter()
-                .all(|&u| matches!(self.node(u).op, Op::MatMul))
+                .all(|&u| matches!(self.node(u).op, Op::MatMul) && !self.inline_dot(u))
+    }
+
+    /// A single product `[m, k] @ [k, n]` with `k ≤ DOT_K`, read only by one elementwise op
+    /// of its own shape (directly or through one reshape that keeps `n` last): that op's
+    /// kernel computes it per element ([`Inst::Dot`]) and it is never stored. Its factors
+    /// are read row-major, so a transposed right factor is materialised (a few KiB).
+    fn inline_dot(&self, id: NodeId) -> bool {
+        if !matches!(self.node(id).op, Op::MatMul) || self.outputs.contains(&id) {
+            return false;
+        }
+        let ops = self.g.inputs(id);
+        let (sa, sb) = (self.g.shape(ops[0]), self.g.shape(ops[1]));
+        let r = sa.len();
+        let k = sa[r - 1];
+        if sa[..r - 2].iter().product::<usize>() != 1
+            || k == 0
+            || k > DOT_K
+            || matches!(self.node(ops[0]).op, Op::Permute { .. })
+        {
+            return false;
+        }
+        let n = sb[r - 1];
+        let users = self.users(id);
+        let [u] = users[..] else {
+            return false;
+        };
+        let (leaf, reader) = if matches!(self.node(u).op, Op::Reshape { .. }) {
+            let readers = self.users(u);
+            let [v] = readers[..] else {
+                return false;
+            };
+            if self.outputs.contains(&u) || self.g.shape(u).last() != Some(&n) {
+                return false;
+            }
+            (u, v)
+        } else {
+            (id, u)
+        };
+        is_elem(&self.node(reader).op) && self.g.shape(reader) == self.g.shape(leaf)
+    }
+
+    /// The inlined product (see [`Self::inline_dot`]) an elementwise reader finds at `id`:
+    /// the product itself, or the reshape of it.
+    fn dot_leaf(&self, id: NodeId) -> Option<NodeId> {
+        match self.node(id).op {
+            Op::MatMul => {
+                let through = self
+                    .users(id)
+                    .first()
+                    .is_some_and(|&u| matches!(self.node(u).op, Op::Reshape { .. }));
+                (self.inline_dot(id) && !through).then_some(id)
+            }
+            Op::Reshape { .. } => {
+                let p = self.g.inputs(id)[0];
+                (matches!(self.node(p).op, Op::MatMul) && self.inline_dot(p)).then_some(p)
+            }
+            _ => None,
+        }
     }
 
     /// The permute a product's result can be written into directly: the product's only user,
@@ -390,6 +456,17 @@ impl Lower<'_> {
     }
 
     fn leaf(&self, id: NodeId, s: &[usize], k: &mut Kernel, ins: &mut Vec<BufId>) -> R<usize> {
+        if let Some(p) = self.dot_leaf(id) {
+            let ops = self.g.inputs(p);
+            let kk = self.g.shape(ops[0]).last().copied().unwrap_or(0);
+            let qa = Self::operand(k, ins, self.get(ops[0])?, Access::DotRows { k: kk });
+            let qb = Self::operand(k, ins, self.get(ops[1])?, Access::DotCols { k: kk });
+            if let Some(p) = k.body.iter().position(|i| *i == Inst::Dot(qa, qb)) {
+                return Ok(p);
+            }
+            k.body.push(Inst::Dot(qa, qb));
+            return Ok(k.body.len() - 1);
+        }
         if let Some(v) = self.fill_value(id) {
             k.body.push(Inst::Const(v));
             return Ok(k.body.len() - 1);
@@ -402,19 +479,24 @@ impl Lower<'_> {
         } else {
             (self.get(id)?, Access::Vec { div: 1 })
         };
-        let slot = match (0..ins.len()).find(|&q| ins[q] == buf && k.operands[q] == acc) {
+        let slot = Self::operand(k, ins, buf, acc);
+        if let Some(p) = k.body.iter().position(|i| *i == Inst::Load(slot)) {
+            return Ok(p);
+        }
+        k.body.push(Inst::Load(slot));
+        Ok(k.body.len() - 1)
+    }
+
+    /// The operand slot reading `buf` through `acc`, added if new.
+    fn operand(k: &mut Kernel, ins: &mut Vec<BufId>, buf: BufId, acc: Access) -> usize {
+        match (0..ins.len()).find(|&q| ins[q] == buf && k.operands[q] == acc) {
             Some(q) => q,
             None => {
                 ins.push(buf);
                 k.operands.push(acc);
                 ins.len() - 1
             }
-        };
-        if let Some(p) = k.body.iter().position(|i| *i == Inst::Load(slot)) {
-            return Ok(p);
         }
-        k.body.push(Inst::Load(slot));
-        Ok(k.body.len() - 1)
     }
 
     fn kernel(&mut self, id: NodeId, form: Form, space: &[usize], body_root: NodeId) -> R<()> {
@@ -480,6 +562,9 @@ impl Lower<'_> {
                 self.constant(id, data);
             }
             Op::Literal { data, .. } => self.constant(id, data.clone()),
+            // Computed inside the kernel of its reader.
+            Op::MatMul | Op::Reshape { .. } if self.dot_leaf(id).is_some() => {}
+            Op::MatMul if self.inline_dot(id) => {}
             Op::Reshape { .. } | Op::StopGrad => {
                 let b = self.get(ops[0])?;
                 self.buf.insert(id, b);

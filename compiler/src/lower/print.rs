@@ -10,6 +10,8 @@ fn access(a: Access) -> String {
         Access::Vec { div: 1 } => "full".into(),
         Access::Vec { div } => format!("row/{div}"),
         Access::Splat { div } => format!("splat/{div}"),
+        Access::DotRows { k } => format!("rows/k{k}"),
+        Access::DotCols { k } => format!("cols/k{k}"),
     }
 }
 
@@ -24,6 +26,7 @@ pub fn kernel(k: &Kernel) -> String {
             Inst::Const(c) => write!(s, "; v{i} = {c}"),
             Inst::Unary(u, a) => write!(s, "; v{i} = {u:?} v{a}"),
             Inst::Binary(b, x, y) => write!(s, "; v{i} = {b:?} v{x} v{y}"),
+            Inst::Dot(a, b) => write!(s, "; v{i} = dot {a} {b}"),
         };
     }
     let outs: Vec<String> = k.outputs.iter().map(|o| format!("v{o}")).collect();

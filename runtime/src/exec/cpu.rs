@@ -35,6 +35,14 @@ unsafe impl Send for Ptrs<'_> {}
 // SAFETY: as above.
 unsafe impl Sync for Ptrs<'_> {}
 
+/// Resolved buffer base pointers, shared with the pool thread that runs the steps.
+#[derive(Clone, Copy)]
+struct Bytes<'a>(&'a [*mut u8]);
+// SAFETY: as for `Ptrs`: the steps run one after another and split outputs disjointly.
+unsafe impl Send for Bytes<'_> {}
+// SAFETY: as above.
+unsafe impl Sync for Bytes<'_> {}
+
 /// Transposed product operands up to this many elements are copied row-major first.
 const SMALL_T: usize = 1 << 16;
 
@@ -110,11 +118,39 @@ impl CpuProgram {
                 },
             });
         }
+        // The whole run executes on a pool thread: its parallel steps then fork from a
+        // worker (the idle one steals) instead of injecting into the pool from outside and
+        // parking this thread on every one of them.
+        let shared = Bytes(&ptr);
+        rayon::scope(|_| self.steps(shared))?;
+        let mut out = HashMap::new();
+        for (name, b, shape, dtype) in &self.plan.outputs {
+            let len = self.plan.bufs[*b].len;
+            // SAFETY: as above; outputs live to the end of the run.
+            let t = unsafe {
+                match dtype {
+                    DType::F32 => Tensor::f32(
+                        shape.clone(),
+                        std::slice::from_raw_parts(ptr[*b] as *const f32, len).to_vec(),
+                    ),
+                    DType::I64 => Tensor::i64(
+                        shape.clone(),
+                        std::slice::from_raw_parts(ptr[*b] as *const i64, len).to_vec(),
+                    ),
+                }
+            };
+            out.insert(name.clone(), t);
+        }
+        Ok(out)
+    }
+
+    /// Runs every step in order over the resolved buffer pointers.
+    fn steps(&self, ptr: Bytes<'_>) -> Result<(), String> {
         for step in &self.plan.steps {
             let t = self.profile.as_ref().map(|_| std::time::Instant::now());
             // SAFETY: every pointer addresses a buffer of the planned length, and the memory
             // plan (verified at build time) keeps live temporaries disjoint.
-            unsafe { self.step(step, &ptr)? };
+            unsafe { self.step(step, ptr.0)? };
             if let (Some(p), Some(t)) = (&self.profile, t) {
                 let key = match step {
                     Step::Kernel { kernel, .. } => {
@@ -127,6 +163,7 @@ impl CpuProgram {
                                 lorac_compiler::lower::Inst::Binary(b, ..) => {
                                     Some(format!("{b:?}"))
                                 }
+                                lorac_compiler::lower::Inst::Dot(..) => Some("Dot".into()),
                                 _ => None,
                             })
                             .collect();
@@ -172,25 +209,7 @@ impl CpuProgram {
                 }
             }
         }
-        let mut out = HashMap::new();
-        for (name, b, shape, dtype) in &self.plan.outputs {
-            let len = self.plan.bufs[*b].len;
-            // SAFETY: as above; outputs live to the end of the run.
-            let t = unsafe {
-                match dtype {
-                    DType::F32 => Tensor::f32(
-                        shape.clone(),
-                        std::slice::from_raw_parts(ptr[*b] as *const f32, len).to_vec(),
-                    ),
-                    DType::I64 => Tensor::i64(
-                        shape.clone(),
-                        std::slice::from_raw_parts(ptr[*b] as *const i64, len).to_vec(),
-                    ),
-                }
-            };
-            out.insert(name.clone(), t);
-        }
-        Ok(out)
+        Ok(())
     }
 
     unsafe fn step(&self, step: &Step, ptr: &[*mut u8]) -> Result<(), String> {
@@ -399,9 +418,10 @@ unsafe fn matmul(
                 }
                 return;
             }
-            // Thin products (a LoRA rank side) take the reference's own kernel, which writes
-            // a contiguous result: a strided destination gets it through a small copy.
-            if thin::applies(m, k, n) {
+            // Thin products (a LoRA rank side or inner dimension) take the reference's own
+            // kernel, which defines their rounding and writes a contiguous result: a strided
+            // destination gets it through a small copy.
+            if thin::defines(m, k, n) {
                 let view = |p: *const f32, l: Layout| thin::View {
                     ptr: p.add(l.offset(i)),
                     rs: l.rs,

@@ -42,8 +42,8 @@ pub fn infer(op: &Op, ins: &Ins<'_>) -> Result<(Vec<usize>, DType), String> {
     }
 }
 
-/// `out[m, n] = a[m, k] @ b[k, n]` (row-major): thin products through `thin`, the rest
-/// through the `gemm` crate.
+/// `out[m, n] = a[m, k] @ b[k, n]` (row-major): products whose order `thin` defines (a thin
+/// side or a thin inner dimension) through `thin`, the rest through the `gemm` crate.
 pub fn gemm_rowmajor(m: usize, k: usize, n: usize, a: &[f32], b: &[f32], out: &mut [f32]) {
     if m == 0 || n == 0 {
         return;
@@ -56,7 +56,7 @@ pub fn gemm_rowmajor(m: usize, k: usize, n: usize, a: &[f32], b: &[f32], out: &m
         a.len() >= m * k && b.len() >= k * n && out.len() >= m * n,
         "gemm operand sizes"
     );
-    if thin::applies(m, k, n) {
+    if thin::defines(m, k, n) {
         let (a, b) = (thin::View::row_major(a, k), thin::View::row_major(b, n));
         // SAFETY: the asserted lengths cover both operands and the output.
         unsafe { thin::matmul(m, k, n, a, b, out.as_mut_ptr(), m * n * k >= 1 << 20) };

@@ -53,10 +53,20 @@ const MIN_WORK: usize = 1 << 16;
 const PAR_WORK: usize = 1 << 18;
 
 /// Whether `[m×k] @ [k×n]` goes through this kernel: a thin output side. A thin inner
-/// dimension alone (`G·B`, output `m×n` both large) stays with `gemm`: the kernel handles it
-/// correctly but was slower in a training step (output writes dominate, gemm does them better).
+/// dimension alone (`G·B`, output `m×n` both large) stays with `gemm` in the CPU executor: the
+/// kernel handles it correctly but was slower in a training step (output writes dominate, gemm
+/// does them better), and gemm computes exactly this module's chains there ([`defines`]).
 pub fn applies(m: usize, k: usize, n: usize) -> bool {
     m.min(n) <= THIN && m.saturating_mul(k).saturating_mul(n) >= MIN_WORK
+}
+
+/// Whether this module's summation order is the definition of `[m×k] @ [k×n]`: a thin side
+/// ([`applies`]) or a thin inner dimension (`k ≤ 16`, which fused kernels compute in
+/// registers by the same chain). The reference interpreter computes these here; `gemm`'s
+/// results equal them bit for bit on thin inner dimensions (tested), so the CPU executor may
+/// call either.
+pub fn defines(m: usize, k: usize, n: usize) -> bool {
+    applies(m, k, n) || k <= THIN
 }
 
 /// Whether the AVX-512 path can run on this CPU.

@@ -18,7 +18,15 @@ enum RowOp {
     Ptr(Value),
     /// The row's single value.
     Scalar(Value),
+    /// A fused product's left factor: a pointer to the row's `k` values, and the index of
+    /// their splats (made once per row, outside the `j` loops) in the kernel's list.
+    DotRows(Value, usize),
+    /// A fused product's right factor: the matrix's base pointer.
+    DotCols(Value),
 }
+
+/// The per-row splats of every [`RowOp::DotRows`] operand, indexed by its id.
+type DotRowVals = Vec<Vec<Value>>;
 
 fn mem() -> MemFlagsData {
     // Operands are valid for every index the kernel touches; rows need not be 16-byte aligned.
@@ -41,7 +49,14 @@ fn combine(b: &mut FunctionBuilder, op: ReduceOp, x: Value, y: Value) -> Value {
 }
 
 /// Evaluates the kernel body at byte offset `byte` within the row, in lanes of `m.ty`.
-fn body(b: &mut FunctionBuilder, k: &Kernel, m: &Math, rows: &[RowOp], byte: Value) -> Vec<Value> {
+fn body(
+    b: &mut FunctionBuilder,
+    k: &Kernel,
+    m: &Math,
+    rows: &[RowOp],
+    dots: &DotRowVals,
+    byte: Value,
+) -> Vec<Value> {
     let mut v: Vec<Value> = Vec::with_capacity(k.body.len());
     for inst in &k.body {
         let x = match *inst {
@@ -52,7 +67,29 @@ fn body(b: &mut FunctionBuilder, k: &Kernel, m: &Math, rows: &[RowOp], byte: Val
                 }
                 RowOp::Scalar(s) if m.ty == types::F32X4 => b.ins().splat(types::F32X4, s),
                 RowOp::Scalar(s) => s,
+                // Only `Dot` reads a product's factors.
+                RowOp::DotRows(..) | RowOp::DotCols(_) => m.k(b, 0.0),
             },
+            Inst::Dot(qa, qb) => {
+                let (RowOp::DotRows(row, d), RowOp::DotCols(base)) = (rows[qa], rows[qb]) else {
+                    unreachable!("Dot reads a DotRows and a DotCols operand (Kernel::check)")
+                };
+                let col = b.ins().iadd(base, byte);
+                // The thin-product chain: fma from +0 in increasing p.
+                let mut acc = m.k(b, 0.0);
+                for (p, &splat) in dots[d].iter().enumerate() {
+                    // The scalar tail reloads the factor (cheap, and keeps registers free
+                    // for the vector loop's splats).
+                    let x = if m.ty == types::F32X4 {
+                        splat
+                    } else {
+                        b.ins().load(types::F32, mem(), row, (4 * p) as i32)
+                    };
+                    let y = b.ins().load(m.ty, mem(), col, (p * k.inner * 4) as i32);
+                    acc = b.ins().fma(x, y, acc);
+                }
+                acc
+            }
             Inst::Const(c) => m.k(b, c),
             Inst::Unary(u, a) => m.unary(b, u, v[a]),
             Inst::Binary(op, x, y) => m.binary(b, op, v[x], v[y]),
@@ -108,6 +145,7 @@ pub fn define(b: &mut FunctionBuilder, k: &Kernel, libm: &[FuncRef]) {
     b.switch_to_block(row_body);
     let r = b.block_params(row_body)[0];
     let mut rows = Vec::with_capacity(nops);
+    let mut dots: DotRowVals = vec![];
     for (q, acc) in k.operands.iter().enumerate() {
         rows.push(match *acc {
             Access::Vec { div } => {
@@ -121,6 +159,19 @@ pub fn define(b: &mut FunctionBuilder, k: &Kernel, libm: &[FuncRef]) {
                 let a = b.ins().iadd(base[q], off);
                 RowOp::Scalar(b.ins().load(types::F32, mem(), a, 0))
             }
+            Access::DotRows { k: kk } => {
+                let off = b.ins().imul_imm_s(r, (kk * 4) as i64);
+                let a = b.ins().iadd(base[q], off);
+                let vs = (0..kk)
+                    .map(|p| {
+                        let x = b.ins().load(types::F32, mem(), a, (4 * p) as i32);
+                        b.ins().splat(types::F32X4, x)
+                    })
+                    .collect();
+                dots.push(vs);
+                RowOp::DotRows(a, dots.len() - 1)
+            }
+            Access::DotCols { .. } => RowOp::DotCols(base[q]),
         });
     }
     // A column sum adds row r into f64 scratch row r mod 4 (the reference's partial sums);
@@ -155,6 +206,12 @@ pub fn define(b: &mut FunctionBuilder, k: &Kernel, libm: &[FuncRef]) {
     b.append_block_param(vec_hdr, types::F32X4);
     b.append_block_param(vec_hdr, types::F64X2);
     b.append_block_param(vec_hdr, types::F64X2);
+    // The factors' splats ride the vector loop as block parameters: defined outside it,
+    // Cranelift's e-graph would re-create them (and the row addresses) in every iteration.
+    let nsplat: usize = dots.iter().map(Vec::len).sum();
+    for _ in 0..nsplat {
+        b.append_block_param(vec_hdr, types::F32X4);
+    }
     let vec_body = b.create_block();
     let vec_done = b.create_block();
     let tail_hdr = b.create_block();
@@ -170,29 +227,40 @@ pub fn define(b: &mut FunctionBuilder, k: &Kernel, libm: &[FuncRef]) {
     let acc0 = vec4.k(b, ident);
     let z64 = b.ins().f64const(-0.0);
     let z64x2 = b.ins().splat(types::F64X2, z64);
-    let first = if matches!(k.form, Form::Map) && nvec >= 8 {
-        map_pairs(b, k, &vec4, &rows, &outs, nvec / 8 * 8)
+    // Not with a fused product: Cranelift places each body's loads before its arithmetic,
+    // so two bodies' factor rows (2·k vectors) would be live at once and spill.
+    let dot = k.body.iter().any(|i| matches!(i, Inst::Dot(..)));
+    let first = if matches!(k.form, Form::Map) && nvec >= 8 && !dot {
+        map_pairs(b, k, &vec4, &rows, &dots, &outs, nvec / 8 * 8)
     } else {
         zero
     };
-    b.ins().jump(
-        vec_hdr,
-        &[
-            BlockArg::Value(first),
-            BlockArg::Value(acc0),
-            BlockArg::Value(z64x2),
-            BlockArg::Value(z64x2),
-        ],
-    );
+    let splats: Vec<BlockArg> = dots
+        .iter()
+        .flat_map(|d| d.iter().map(|&v| BlockArg::Value(v)))
+        .collect();
+    let mut args = vec![
+        BlockArg::Value(first),
+        BlockArg::Value(acc0),
+        BlockArg::Value(z64x2),
+        BlockArg::Value(z64x2),
+    ];
+    args.extend(splats.iter().cloned());
+    b.ins().jump(vec_hdr, &args);
 
     b.switch_to_block(vec_hdr);
     let hp = b.block_params(vec_hdr).to_vec();
+    let mut carried = hp[4..].iter().copied();
+    let loop_dots: DotRowVals = dots
+        .iter()
+        .map(|d| d.iter().map(|_| carried.next().unwrap_or(hp[0])).collect())
+        .collect();
     let c = b.ins().icmp_imm_s(IntCC::SignedLessThan, hp[0], nvec);
     b.ins().brif(c, vec_body, &[], vec_done, &[]);
 
     b.switch_to_block(vec_body);
     let byte = b.ins().ishl_imm_u(hp[0], 2);
-    let vals = body(b, k, &vec4, &rows, byte);
+    let vals = body(b, k, &vec4, &rows, &loop_dots, byte);
     let v = vals[k.outputs[0]];
     let (mut acc32, mut acc_lo, mut acc_hi) = (hp[1], hp[2], hp[3]);
     match (k.form, red) {
@@ -226,15 +294,19 @@ pub fn define(b: &mut FunctionBuilder, k: &Kernel, libm: &[FuncRef]) {
         }
     }
     let j4 = b.ins().iadd_imm_s(hp[0], 4);
-    b.ins().jump(
-        vec_hdr,
-        &[
-            BlockArg::Value(j4),
-            BlockArg::Value(acc32),
-            BlockArg::Value(acc_lo),
-            BlockArg::Value(acc_hi),
-        ],
-    );
+    let mut args = vec![
+        BlockArg::Value(j4),
+        BlockArg::Value(acc32),
+        BlockArg::Value(acc_lo),
+        BlockArg::Value(acc_hi),
+    ];
+    // Passed back as `x | x` (the same bits): a parameter that only passes itself back is
+    // removed as constant before the e-graph runs, which would put the splats back in here.
+    for &v in &hp[4..] {
+        let same = b.ins().bor(v, v);
+        args.push(BlockArg::Value(same));
+    }
+    b.ins().jump(vec_hdr, &args);
 
     b.switch_to_block(vec_done);
     let hs = match red {
@@ -279,7 +351,7 @@ pub fn define(b: &mut FunctionBuilder, k: &Kernel, libm: &[FuncRef]) {
 
     b.switch_to_block(tail_body);
     let byte = b.ins().ishl_imm_u(tp[0], 2);
-    let vals = body(b, k, &one, &rows, byte);
+    let vals = body(b, k, &one, &rows, &dots, byte);
     let v = vals[k.outputs[0]];
     let (mut a32, mut a64) = (tp[1], tp[2]);
     match k.form {
@@ -347,6 +419,7 @@ fn map_pairs(
     k: &Kernel,
     m: &Math,
     rows: &[RowOp],
+    dots: &DotRowVals,
     outs: &[Value],
     end: i64,
 ) -> Value {
@@ -364,8 +437,8 @@ fn map_pairs(
     b.switch_to_block(body_blk);
     let byte = b.ins().ishl_imm_u(j, 2);
     let byte2 = b.ins().iadd_imm_s(byte, 16);
-    let v0 = body(b, k, m, rows, byte);
-    let v1 = body(b, k, m, rows, byte2);
+    let v0 = body(b, k, m, rows, dots, byte);
+    let v1 = body(b, k, m, rows, dots, byte2);
     for (vals, at) in [(v0, byte), (v1, byte2)] {
         for (o, &s) in k.outputs.iter().enumerate() {
             let a = b.ins().iadd(outs[o], at);

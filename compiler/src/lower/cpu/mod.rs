@@ -33,6 +33,9 @@ fn err(e: impl std::fmt::Display) -> String {
 
 /// Compiles every kernel for the host.
 pub fn compile(kernels: &[Kernel]) -> Result<CpuKernels, String> {
+    for k in kernels {
+        k.check()?;
+    }
     let mut flags = settings::builder();
     flags.set("opt_level", "speed").map_err(err)?;
     flags.set("is_pic", "false").map_err(err)?;

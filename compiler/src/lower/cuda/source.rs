@@ -5,7 +5,7 @@
 
 use super::{Launch, BLOCK};
 use crate::ir::{BinaryOp, ReduceOp, UnaryOp};
-use crate::lower::kernel::{Access, Form, Inst, Kernel};
+use crate::lower::kernel::{dot_k, Access, Form, Inst, Kernel};
 use std::fmt::Write;
 
 /// Definitions every module starts with. `LORAC_WARP_SUM`/`LORAC_WARP_MAX` are the only
@@ -131,7 +131,21 @@ fn body(k: &Kernel, ind: &str) -> String {
                 Access::Vec { div } => format!("a{q}[(r / {div}LL) * {inner}LL + j]"),
                 Access::Splat { div: 1 } => format!("a{q}[r]"),
                 Access::Splat { div } => format!("a{q}[r / {div}LL]"),
+                // Only `Dot` reads a product's factors.
+                Access::DotRows { .. } | Access::DotCols { .. } => "0.0f".into(),
             },
+            Inst::Dot(a, b) => {
+                // The thin-product chain: fmaf from +0 in increasing p, unrolled.
+                let kk = dot_k(k.operands[a]);
+                let _ = writeln!(s, "{ind}float v{i} = 0.0f;");
+                for p in 0..kk {
+                    let _ = writeln!(
+                        s,
+                        "{ind}v{i} = fmaf(a{a}[r * {kk}LL + {p}], a{b}[{p}LL * {inner}LL + j], v{i});"
+                    );
+                }
+                continue;
+            }
             Inst::Const(c) => lit(c),
             Inst::Unary(u, a) => unary(u, &format!("v{a}")),
             Inst::Binary(b, x, y) => binary(b, &format!("v{x}"), &format!("v{y}")),
