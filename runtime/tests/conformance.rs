@@ -640,3 +640,69 @@ fn fused_thin_products_match() {
         }
     }
 }
+
+/// Routed ops on masks the router does not make: rows selecting no expert, fewer than k, or
+/// more than k (only the first k count), and NaN and infinite inputs, at every size. CPU and
+/// reference must agree bit for bit (NaN meets NaN), and a row selecting nothing projects to
+/// exactly zero.
+#[test]
+fn routed_ops_on_short_rows_and_non_finite_inputs() {
+    for n in SIZES {
+        // Five of `RoutedOuter`'s 256-row blocks: more than one wave on two threads.
+        let (rows, e, d, k, p) = (1100, 4, 2, 2, 0.2);
+        let q = e * d;
+        let mut c = Case::new(1700 + n as u64);
+        let x = c.input("x", &[rows, n], -1.0, 1.0);
+        let a = c.input("a", &[q, n], -1.0, 1.0);
+        let gr = c.input("g", &[rows, q], -1.0, 1.0);
+        let m = c.input("mask", &[rows, e], 0.0, 1.0);
+        // Row r selects the experts of the bits of r mod 16: 0 to 4 of them.
+        let mv: Vec<f32> = (0..rows * e)
+            .map(|i| ((((i / e) % 16) >> (i % e)) & 1) as f32)
+            .collect();
+        c.inputs
+            .insert("mask".into(), Tensor::f32(vec![rows, e], mv));
+        let mut xv = c.inputs["x"].f().to_vec();
+        for (i, v) in xv.iter_mut().enumerate().step_by(37) {
+            *v = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY][i % 3];
+        }
+        c.inputs.insert("x".into(), Tensor::f32(vec![rows, n], xv));
+        let s = c.ids("seed", &[1], 1 << 40);
+        let salts: Vec<u64> = (0..e as u64).map(|i| 0x7a11 + i).collect();
+        let ops = [
+            Op::RoutedProject {
+                p,
+                salts: salts.clone(),
+                k,
+            },
+            Op::RoutedExpand {
+                p,
+                salts: salts.clone(),
+                k,
+            },
+            Op::RoutedOuter { p, salts, k },
+        ];
+        let proj = c.g.add(ops[0].clone(), &[x, a, m, s]).unwrap();
+        let exp = c.g.add(ops[1].clone(), &[gr, a, m, s]).unwrap();
+        let out = c.g.add(ops[2].clone(), &[gr, x, m, s]).unwrap();
+        c.g.set_output("project", proj);
+        c.g.set_output("expand", exp);
+        c.g.set_output("outer", out);
+        let (want, got) = c.reference_and_cpu();
+        // Any NaN meets any NaN (payloads may differ); everything else bit for bit.
+        let bits = |t: &Tensor| {
+            t.f()
+                .iter()
+                .map(|v| if v.is_nan() { u32::MAX } else { v.to_bits() })
+                .collect::<Vec<_>>()
+        };
+        for name in ["project", "expand", "outer"] {
+            assert_eq!(bits(&got[name]), bits(&want[name]), "{name} n={n}");
+        }
+        // Rows 0, 16, 32, … select nothing.
+        for r in (0..rows).step_by(16) {
+            let row = &got["project"].f()[r * q..(r + 1) * q];
+            assert!(row.iter().all(|&v| v == 0.0), "row {r} n={n}: {row:?}");
+        }
+    }
+}

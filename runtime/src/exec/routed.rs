@@ -72,36 +72,46 @@ pub fn expand(g: &[f32], a: &[f32], n: usize, r: &Routing<'_>, out: &mut [f32]) 
 
 /// `Op::RoutedOuter`: `g[T, Q]`, `x[T, n]` → `out[Q, n]`, one task per block of
 /// `routing::OUTER_ROWS` rows (contiguous reads of `x`), each the definition's chains over its
-/// rows; the blocks' sums are then added in block order, as the definition says.
+/// rows; the blocks' sums are then added in block order, as the definition says. Blocks run
+/// in waves of two per thread, so the partial sums held at once do not grow with `T`.
 pub fn outer(g: &[f32], x: &[f32], n: usize, r: &Routing<'_>, out: &mut [f32]) {
     let rows = r.mask.len() / r.experts.max(1);
     let q = g.len() / rows.max(1);
     let d = q / r.experts.max(1);
-    let blocks: Vec<Vec<f32>> = (0..rows.div_ceil(routing::OUTER_ROWS))
-        .into_par_iter()
-        .map(|b| {
-            let r0 = b * routing::OUTER_ROWS;
-            let mut acc = vec![0f32; q * n];
-            let mut u = vec![0f32; n];
-            for t in r0..rows.min(r0 + routing::OUTER_ROWS) {
-                for e in r.selected(t) {
-                    r.apply(e, t * n, &x[t * n..(t + 1) * n], &mut u);
-                    for c in e * d..(e + 1) * d {
-                        axpy(g[t * q + c], &u, &mut acc[c * n..(c + 1) * n]);
-                    }
+    let block = |b: usize| {
+        let r0 = b * routing::OUTER_ROWS;
+        let mut acc = vec![0f32; q * n];
+        let mut u = vec![0f32; n];
+        for t in r0..rows.min(r0 + routing::OUTER_ROWS) {
+            for e in r.selected(t) {
+                r.apply(e, t * n, &x[t * n..(t + 1) * n], &mut u);
+                for c in e * d..(e + 1) * d {
+                    axpy(g[t * q + c], &u, &mut acc[c * n..(c + 1) * n]);
                 }
             }
-            acc
-        })
-        .collect();
-    match blocks.split_first() {
-        Some((first, rest)) => {
-            out.copy_from_slice(first);
-            for acc in rest {
+        }
+        acc
+    };
+    let nblocks = rows.div_ceil(routing::OUTER_ROWS);
+    if nblocks == 0 {
+        out.fill(0.0);
+        return;
+    }
+    let wave = 2 * rayon::current_num_threads().max(1);
+    let mut b0 = 0;
+    while b0 < nblocks {
+        let sums: Vec<Vec<f32>> = (b0..nblocks.min(b0 + wave))
+            .into_par_iter()
+            .map(block)
+            .collect();
+        for (i, acc) in sums.iter().enumerate() {
+            if b0 + i == 0 {
+                out.copy_from_slice(acc);
+            } else {
                 out.iter_mut().zip(acc).for_each(|(o, a)| *o += a);
             }
         }
-        None => out.fill(0.0),
+        b0 += wave;
     }
 }
 
