@@ -2,7 +2,7 @@
 //! planner's guarantees (no two live temporaries share bytes; the arena is the planned peak).
 
 use lorac_compiler::ir::{DType, Graph, InputKind, NodeId, Op, UnaryOp};
-use lorac_compiler::lower::kernel::Form;
+use lorac_compiler::lower::kernel::{Form, Inst};
 use lorac_compiler::lower::memplan::{self, MemPlan};
 use lorac_compiler::lower::plan::{lower, Step};
 
@@ -71,7 +71,8 @@ fn cheap_values_with_several_users_are_recomputed_not_stored() {
         2,
         "one kernel per output, none for the shared scale"
     );
-    // An expensive shared value (exp) is stored once instead.
+    // An expensive shared value (exp) is stored once instead, computed once; its two
+    // readers come out of the same kernel as sibling outputs.
     let mut g = Graph::new();
     let x = input(&mut g, "x", &[8, 40]);
     let e = g.un(UnaryOp::Exp, x).unwrap();
@@ -79,7 +80,15 @@ fn cheap_values_with_several_users_are_recomputed_not_stored() {
     let b = g.scale(e, 3.0).unwrap();
     g.set_output("a", a);
     g.set_output("b", b);
-    assert_eq!(lower(&g).unwrap().kernels.len(), 3);
+    let p = lower(&g).unwrap();
+    assert_eq!(p.kernels.len(), 1);
+    assert_eq!(p.kernels[0].outputs.len(), 3, "exp, 2·exp, 3·exp");
+    let exps = p.kernels[0]
+        .body
+        .iter()
+        .filter(|i| matches!(i, Inst::Unary(UnaryOp::Exp, _)))
+        .count();
+    assert_eq!(exps, 1);
 }
 
 #[test]

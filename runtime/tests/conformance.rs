@@ -706,3 +706,40 @@ fn routed_ops_on_short_rows_and_non_finite_inputs() {
         }
     }
 }
+
+/// Stored readers of a map's result computed by the same kernel as extra outputs (GELU's
+/// `erf(h/√2) + 1` and `0.5·h·(…)`, both kept for a later reader, through a reshape): one
+/// kernel writes all three, and every output equals the reference bit for bit.
+#[test]
+fn sibling_outputs_match() {
+    for n in SIZES {
+        let mut c = Case::new(1900 + n as u64);
+        let x = c.input("x", &[6, n], -3.0, 3.0);
+        let y = c.input("y", &[6, n], -3.0, 3.0);
+        let h2 = c.g.plus(x, y).unwrap();
+        let h = c.g.reshape(h2, &[2, 3, n]).unwrap();
+        let hs = c.g.scale(h, std::f32::consts::FRAC_1_SQRT_2).unwrap();
+        let e = c.g.un(UnaryOp::Erf, hs).unwrap();
+        let one = c.g.fill(&[2, 3, n], 1.0).unwrap();
+        let cdf = c.g.plus(e, one).unwrap();
+        let half = c.g.scale(h, 0.5).unwrap();
+        let gelu = c.g.times(half, cdf).unwrap();
+        // Later readers of each, so all three are stored.
+        let r1 = c.g.un(UnaryOp::Exp, h).unwrap();
+        let r2 = c.g.times(cdf, h).unwrap();
+        let r3 = c.g.sum(gelu, 2).unwrap();
+        for (name, v) in [("r1", r1), ("r2", r2), ("r3", r3), ("gelu", gelu)] {
+            c.g.set_output(name, v);
+        }
+        let plan = lorac_compiler::lower::plan::lower(&c.g).unwrap();
+        assert!(
+            plan.kernels.iter().any(|k| k.outputs.len() >= 3),
+            "h, erf(h/√2)+1 and the GELU come out of one kernel (n={n})"
+        );
+        let (want, got) = c.reference_and_cpu();
+        let bits = |t: &Tensor| t.f().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        for name in ["r1", "r2", "r3", "gelu"] {
+            assert_eq!(bits(&got[name]), bits(&want[name]), "{name} n={n}");
+        }
+    }
+}

@@ -150,6 +150,8 @@ struct Lower<'g> {
     outputs: HashSet<NodeId>,
     plan: Plan,
     buf: HashMap<NodeId, BufId>,
+    /// Nodes whose values the kernel being built already holds (its outputs so far).
+    in_kernel: std::cell::RefCell<HashMap<NodeId, usize>>,
 }
 
 fn is_elem(op: &Op) -> bool {
@@ -437,6 +439,9 @@ impl Lower<'_> {
         ins: &mut Vec<BufId>,
         root: bool,
     ) -> R<usize> {
+        if let Some(v) = self.held(id) {
+            return Ok(v);
+        }
         let n = self.node(id);
         if root || self.inlined(id) {
             let ops = self.g.inputs(id);
@@ -534,15 +539,110 @@ impl Lower<'_> {
             _ => self.emit(body_root, space, &mut k, &mut ins, false)?,
         };
         k.outputs.push(root);
+        let mut outs = vec![self.temp(id)];
+        if form == Form::Map {
+            self.in_kernel.borrow_mut().insert(id, root);
+            let mut done = vec![id];
+            let dot = k.body.iter().any(|i| matches!(i, Inst::Dot(..)));
+            while let Some(y) = self.sibling(&done, space, dot) {
+                // Its own shape for broadcast addressing; the same (rows, inner) space.
+                let sy = self.g.shape(y).to_vec();
+                let v = self.emit(y, &sy, &mut k, &mut ins, true)?;
+                k.outputs.push(v);
+                outs.push(self.temp(y));
+                self.in_kernel.borrow_mut().insert(y, v);
+                done.push(y);
+            }
+            self.in_kernel.borrow_mut().clear();
+        }
         k.retile();
-        let out = self.temp(id);
         self.plan.kernels.push(k);
         self.plan.steps.push(Step::Kernel {
             kernel: self.plan.kernels.len() - 1,
             ins,
-            outs: vec![out],
+            outs,
         });
         Ok(())
+    }
+
+    /// A stored elementwise reader of the map's outputs so far that the same kernel can
+    /// compute as one more output: same iteration shape, not yet lowered, and every value it
+    /// reads already available (a buffer, or a value of this kernel). GELU's `erf(h/√2) + 1`
+    /// and `0.5·h·(…)`, both kept for the backward pass, then come out of the pass that
+    /// writes `h`, instead of two more passes re-reading it.
+    /// With `dot` (the kernel holds a fused product, so it runs one vector per iteration), a
+    /// reader computing an erf is left to its own paired-loop kernel: measured faster there.
+    fn sibling(&self, done: &[NodeId], space: &[usize], dot: bool) -> Option<NodeId> {
+        // Readers through chains of inlined ops (`h → h/√2 → erf → +1` ends at the stored +1).
+        let mut seen = HashSet::new();
+        let mut stack: Vec<NodeId> = done.iter().flat_map(|&d| self.users(d)).collect();
+        let mut found = vec![];
+        while let Some(u) = stack.pop() {
+            if !seen.insert(u) {
+                continue;
+            }
+            if (is_elem(&self.node(u).op) && self.inlined(u)) || self.same_rows_reshape(u) {
+                stack.extend(self.users(u));
+            } else {
+                found.push(u);
+            }
+        }
+        found.sort();
+        found.into_iter().find(|&y| {
+            is_elem(&self.node(y).op)
+                && !self.buf.contains_key(&y)
+                && !done.contains(&y)
+                && !self.inlined(y)
+                && rows_inner(self.g.shape(y)) == rows_inner(space)
+                && self.g.inputs(y).iter().all(|&o| self.ready(o))
+                && !(dot && self.computes_erf(y))
+        })
+    }
+
+    /// Whether `id` or an op inlined into it is an erf.
+    fn computes_erf(&self, id: NodeId) -> bool {
+        matches!(self.node(id).op, Op::Unary(UnaryOp::Erf))
+            || self
+                .g
+                .inputs(id)
+                .iter()
+                .any(|&o| is_elem(&self.node(o).op) && self.inlined(o) && self.computes_erf(o))
+    }
+
+    /// A reshape that keeps the last axis: element `(r, j)` of its `(rows, inner)` space is
+    /// element `(r, j)` of its operand's.
+    fn same_rows_reshape(&self, id: NodeId) -> bool {
+        matches!(self.node(id).op, Op::Reshape { .. })
+            && !self.outputs.contains(&id)
+            && self.g.shape(id).last() == self.g.shape(self.g.inputs(id)[0]).last()
+    }
+
+    /// The value the kernel being built holds for `id`: its own, or its operand's when `id`
+    /// is a reshape keeping the last axis.
+    fn held(&self, id: NodeId) -> Option<usize> {
+        let held = self.in_kernel.borrow();
+        held.get(&id).copied().or_else(|| {
+            self.same_rows_reshape(id)
+                .then(|| held.get(&self.g.inputs(id)[0]).copied())
+                .flatten()
+        })
+    }
+
+    /// Whether a kernel being built can read `id` now (see [`Self::sibling`]).
+    fn ready(&self, id: NodeId) -> bool {
+        if self.held(id).is_some() || self.fill_value(id).is_some() {
+            return true;
+        }
+        if is_elem(&self.node(id).op) && self.inlined(id) {
+            return self.g.inputs(id).iter().all(|&o| self.ready(o));
+        }
+        if let Some(p) = self.dot_leaf(id) {
+            return self.g.inputs(p).iter().all(|o| self.buf.contains_key(o));
+        }
+        if self.virtual_bcast(id) {
+            return self.buf.contains_key(&self.g.inputs(id)[0]);
+        }
+        self.buf.contains_key(&id)
     }
 
     fn lower_node(&mut self, id: NodeId) -> R<()> {
@@ -574,7 +674,8 @@ impl Lower<'_> {
                 self.buf.insert(id, b);
             }
             Op::Unary(_) | Op::Binary(_) => {
-                if !self.inlined(id) {
+                // Not when an earlier kernel computed it as a sibling output.
+                if !self.inlined(id) && !self.buf.contains_key(&id) {
                     self.kernel(id, Form::Map, &n.shape, id)?;
                 }
             }
@@ -682,6 +783,7 @@ pub fn lower_with(g: &Graph, opt: LowerOptions) -> R<Plan> {
         g,
         opt,
         cost: Default::default(),
+        in_kernel: Default::default(),
         outputs: g.outputs.iter().map(|(_, i)| *i).collect(),
         plan: Plan::default(),
         buf: HashMap::new(),

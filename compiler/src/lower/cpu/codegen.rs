@@ -7,7 +7,7 @@ use crate::ir::ReduceOp;
 use crate::lower::kernel::{identity, Access, Form, Inst, Kernel};
 use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{
-    types, BlockArg, ConstantData, Endianness, FuncRef, InstBuilder, MemFlagsData, Value,
+    types, Block, BlockArg, ConstantData, Endianness, FuncRef, InstBuilder, MemFlagsData, Value,
 };
 use cranelift_frontend::FunctionBuilder;
 
@@ -206,12 +206,6 @@ pub fn define(b: &mut FunctionBuilder, k: &Kernel, libm: &[FuncRef]) {
     b.append_block_param(vec_hdr, types::F32X4);
     b.append_block_param(vec_hdr, types::F64X2);
     b.append_block_param(vec_hdr, types::F64X2);
-    // The factors' splats ride the vector loop as block parameters: defined outside it,
-    // Cranelift's e-graph would re-create them (and the row addresses) in every iteration.
-    let nsplat: usize = dots.iter().map(Vec::len).sum();
-    for _ in 0..nsplat {
-        b.append_block_param(vec_hdr, types::F32X4);
-    }
     let vec_body = b.create_block();
     let vec_done = b.create_block();
     let tail_hdr = b.create_block();
@@ -227,34 +221,27 @@ pub fn define(b: &mut FunctionBuilder, k: &Kernel, libm: &[FuncRef]) {
     let acc0 = vec4.k(b, ident);
     let z64 = b.ins().f64const(-0.0);
     let z64x2 = b.ins().splat(types::F64X2, z64);
-    // Not with a fused product: Cranelift places each body's loads before its arithmetic,
-    // so two bodies' factor rows (2·k vectors) would be live at once and spill.
+    // Not with a fused product: measured 20–40 % slower paired (the factor rows of two
+    // vectors crowd Cranelift's 16 vector registers).
     let dot = k.body.iter().any(|i| matches!(i, Inst::Dot(..)));
     let first = if matches!(k.form, Form::Map) && nvec >= 8 && !dot {
         map_pairs(b, k, &vec4, &rows, &dots, &outs, nvec / 8 * 8)
     } else {
         zero
     };
-    let splats: Vec<BlockArg> = dots
-        .iter()
-        .flat_map(|d| d.iter().map(|&v| BlockArg::Value(v)))
-        .collect();
+    // The factors' splats ride the vector loop as block parameters ([`carried`]).
     let mut args = vec![
         BlockArg::Value(first),
         BlockArg::Value(acc0),
         BlockArg::Value(z64x2),
         BlockArg::Value(z64x2),
     ];
-    args.extend(splats.iter().cloned());
+    args.extend(splat_args(b, vec_hdr, &dots));
     b.ins().jump(vec_hdr, &args);
 
     b.switch_to_block(vec_hdr);
     let hp = b.block_params(vec_hdr).to_vec();
-    let mut carried = hp[4..].iter().copied();
-    let loop_dots: DotRowVals = dots
-        .iter()
-        .map(|d| d.iter().map(|_| carried.next().unwrap_or(hp[0])).collect())
-        .collect();
+    let loop_dots = carried(&dots, &hp[4..]);
     let c = b.ins().icmp_imm_s(IntCC::SignedLessThan, hp[0], nvec);
     b.ins().brif(c, vec_body, &[], vec_done, &[]);
 
@@ -300,12 +287,7 @@ pub fn define(b: &mut FunctionBuilder, k: &Kernel, libm: &[FuncRef]) {
         BlockArg::Value(acc_lo),
         BlockArg::Value(acc_hi),
     ];
-    // Passed back as `x | x` (the same bits): a parameter that only passes itself back is
-    // removed as constant before the e-graph runs, which would put the splats back in here.
-    for &v in &hp[4..] {
-        let same = b.ins().bor(v, v);
-        args.push(BlockArg::Value(same));
-    }
+    args.extend(splat_back(b, &hp[4..]));
     b.ins().jump(vec_hdr, &args);
 
     b.switch_to_block(vec_done);
@@ -429,26 +411,63 @@ fn map_pairs(
     let done = b.create_block();
     b.append_block_param(done, types::I64);
     let zero = b.ins().iconst(types::I64, 0);
-    b.ins().jump(hdr, &[BlockArg::Value(zero)]);
+    let mut args = vec![BlockArg::Value(zero)];
+    args.extend(splat_args(b, hdr, dots));
+    b.ins().jump(hdr, &args);
     b.switch_to_block(hdr);
-    let j = b.block_params(hdr)[0];
+    let hp = b.block_params(hdr).to_vec();
+    let j = hp[0];
+    let loop_dots = carried(dots, &hp[1..]);
     let c = b.ins().icmp_imm_s(IntCC::SignedLessThan, j, end);
     b.ins().brif(c, body_blk, &[], done, &[BlockArg::Value(j)]);
     b.switch_to_block(body_blk);
     let byte = b.ins().ishl_imm_u(j, 2);
     let byte2 = b.ins().iadd_imm_s(byte, 16);
-    let v0 = body(b, k, m, rows, dots, byte);
-    let v1 = body(b, k, m, rows, dots, byte2);
-    for (vals, at) in [(v0, byte), (v1, byte2)] {
+    let store = |b: &mut FunctionBuilder, vals: &[Value], at: Value| {
         for (o, &s) in k.outputs.iter().enumerate() {
             let a = b.ins().iadd(outs[o], at);
             b.ins().store(mem(), vals[s], a, 0);
         }
-    }
+    };
+    let v0 = body(b, k, m, rows, &loop_dots, byte);
+    let v1 = body(b, k, m, rows, &loop_dots, byte2);
+    store(b, &v0, byte);
+    store(b, &v1, byte2);
     let j8 = b.ins().iadd_imm_s(j, 8);
-    b.ins().jump(hdr, &[BlockArg::Value(j8)]);
+    let mut args = vec![BlockArg::Value(j8)];
+    args.extend(splat_back(b, &hp[1..]));
+    b.ins().jump(hdr, &args);
     b.switch_to_block(done);
     b.block_params(done)[0]
+}
+
+/// Adds a loop header parameter per factor splat (see [`carried`]) and returns the splats as
+/// the entry jump's arguments.
+fn splat_args(b: &mut FunctionBuilder, hdr: Block, dots: &DotRowVals) -> Vec<BlockArg> {
+    let mut args = vec![];
+    for &v in dots.iter().flatten() {
+        b.append_block_param(hdr, types::F32X4);
+        args.push(BlockArg::Value(v));
+    }
+    args
+}
+
+/// The factors' splats as a loop sees them: its header's parameters `ps`, in order.
+/// Defined outside the loop, Cranelift's e-graph would re-create them (and the row
+/// addresses) in every iteration.
+fn carried(dots: &DotRowVals, ps: &[Value]) -> DotRowVals {
+    let mut it = ps.iter().copied();
+    dots.iter()
+        .map(|d| d.iter().filter_map(|_| it.next()).collect())
+        .collect()
+}
+
+/// The back edge's arguments for the carried splats `ps`: `x | x` (the same bits), since a
+/// parameter that only passes itself back is removed as constant before the e-graph runs.
+fn splat_back(b: &mut FunctionBuilder, ps: &[Value]) -> Vec<BlockArg> {
+    ps.iter()
+        .map(|&v| BlockArg::Value(b.ins().bor(v, v)))
+        .collect()
 }
 
 /// Lanes 0–1 and 2–3 of an f32x4 as two f64x2.
