@@ -3,6 +3,7 @@
 
 pub mod cpu;
 pub mod cuda;
+mod fusion;
 pub mod kernel;
 pub mod memplan;
 pub mod plan;
