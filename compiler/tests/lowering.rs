@@ -160,3 +160,28 @@ fn narrow_maps_are_retiled_to_wide_rows() {
     let p = lower(&g).unwrap();
     assert_eq!((p.kernels[0].rows, p.kernels[0].inner), (100, 8));
 }
+
+/// `Kernel::check` (run on every planned kernel and before CPU code generation) refuses what
+/// the code generators cannot render: a product whose factors do not match, a factor read
+/// element by element, a value read before it is defined; a well-formed product passes.
+#[test]
+fn kernel_check_refuses_malformed_products() {
+    use lorac_compiler::lower::kernel::{Access, Kernel};
+    let kernel = |operands: Vec<Access>, body: Vec<Inst>| Kernel {
+        name: "k".into(),
+        form: Form::Map,
+        rows: 4,
+        inner: 8,
+        operands,
+        outputs: vec![body.len() - 1],
+        body,
+    };
+    let factors = || vec![Access::DotRows { k: 3 }, Access::DotCols { k: 3 }];
+    assert!(kernel(factors(), vec![Inst::Dot(0, 1)]).check().is_ok());
+    let mismatched = vec![Access::DotRows { k: 3 }, Access::DotCols { k: 2 }];
+    assert!(kernel(mismatched, vec![Inst::Dot(0, 1)]).check().is_err());
+    assert!(kernel(factors(), vec![Inst::Dot(1, 0)]).check().is_err());
+    assert!(kernel(factors(), vec![Inst::Load(0)]).check().is_err());
+    let early = vec![Inst::Unary(UnaryOp::Neg, 1), Inst::Dot(0, 1)];
+    assert!(kernel(factors(), early).check().is_err());
+}

@@ -112,7 +112,8 @@ impl Kernel {
     }
 
     /// Checks what code generation relies on: every instruction names earlier values and
-    /// existing operands, and each `Dot` reads a `DotRows` and a `DotCols` factor of equal `k`.
+    /// existing operands, each `Dot` reads a `DotRows` and a `DotCols` factor of equal `k`,
+    /// and nothing else reads a factor.
     pub fn check(&self) -> Result<(), String> {
         let bad = |i: usize, why: &str| Err(format!("kernel {}: instruction {i} {why}", self.name));
         for (i, inst) in self.body.iter().enumerate() {
@@ -126,11 +127,15 @@ impl Kernel {
             if vals.iter().any(|&v| v >= i) || ops.iter().any(|&q| q >= self.operands.len()) {
                 return bad(i, "reads a later value or a missing operand");
             }
-            if let Inst::Dot(a, b) = *inst {
-                match (self.operands[a], self.operands[b]) {
+            match *inst {
+                Inst::Dot(a, b) => match (self.operands[a], self.operands[b]) {
                     (Access::DotRows { k }, Access::DotCols { k: k2 }) if k == k2 && k > 0 => {}
                     _ => return bad(i, "is a product without matching factors"),
+                },
+                Inst::Load(q) if dot_k(self.operands[q]) > 0 => {
+                    return bad(i, "loads a product's factor element by element")
                 }
+                _ => {}
             }
         }
         if self.outputs.iter().any(|&o| o >= self.body.len()) {

@@ -497,6 +497,10 @@ pub fn lower_with(g: &Graph, opt: LowerOptions) -> R<Plan> {
     for &id in &order {
         l.lower_node(id)?;
     }
+    // Both backends' code generators rely on what `check` asserts.
+    for k in &l.plan.kernels {
+        k.check().map_err(crate::ir::IrError)?;
+    }
     for (name, id) in &g.outputs {
         let b = l.get(*id)?;
         let n = g.node(*id);

@@ -26,22 +26,20 @@ pub struct CpuProgram {
     profile: Option<Mutex<HashMap<String, (f64, usize)>>>,
 }
 
-/// Raw base pointers shared with worker threads.
-#[derive(Clone, Copy)]
-struct Ptrs<'a>(&'a [*mut f32]);
-// SAFETY: the executor hands each thread a disjoint row range of the outputs; operands are
-// only read.
-unsafe impl Send for Ptrs<'_> {}
+/// Raw base pointers shared with worker threads: a kernel's operands and outputs, or a
+/// run's resolved buffers (handed to the pool thread that runs the steps).
+struct Ptrs<'a, T>(&'a [*mut T]);
+impl<T> Clone for Ptrs<'_, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for Ptrs<'_, T> {}
+// SAFETY: steps run one after another, and a step hands each thread a disjoint row range of
+// its outputs; operands are only read.
+unsafe impl<T> Send for Ptrs<'_, T> {}
 // SAFETY: as above.
-unsafe impl Sync for Ptrs<'_> {}
-
-/// Resolved buffer base pointers, shared with the pool thread that runs the steps.
-#[derive(Clone, Copy)]
-struct Bytes<'a>(&'a [*mut u8]);
-// SAFETY: as for `Ptrs`: the steps run one after another and split outputs disjointly.
-unsafe impl Send for Bytes<'_> {}
-// SAFETY: as above.
-unsafe impl Sync for Bytes<'_> {}
+unsafe impl<T> Sync for Ptrs<'_, T> {}
 
 /// Transposed product operands up to this many elements are copied row-major first.
 const SMALL_T: usize = 1 << 16;
@@ -121,7 +119,7 @@ impl CpuProgram {
         // The whole run executes on a pool thread: its parallel steps then fork from a
         // worker (the idle one steals) instead of injecting into the pool from outside and
         // parking this thread on every one of them.
-        let shared = Bytes(&ptr);
+        let shared = Ptrs(&ptr);
         rayon::scope(|_| self.steps(shared))?;
         let mut out = HashMap::new();
         for (name, b, shape, dtype) in &self.plan.outputs {
@@ -145,7 +143,7 @@ impl CpuProgram {
     }
 
     /// Runs every step in order over the resolved buffer pointers.
-    fn steps(&self, ptr: Bytes<'_>) -> Result<(), String> {
+    fn steps(&self, ptr: Ptrs<'_, u8>) -> Result<(), String> {
         for step in &self.plan.steps {
             let t = self.profile.as_ref().map(|_| std::time::Instant::now());
             // SAFETY: every pointer addresses a buffer of the planned length, and the memory

@@ -67,8 +67,9 @@ fn body(
                 }
                 RowOp::Scalar(s) if m.ty == types::F32X4 => b.ins().splat(types::F32X4, s),
                 RowOp::Scalar(s) => s,
-                // Only `Dot` reads a product's factors.
-                RowOp::DotRows(..) | RowOp::DotCols(_) => m.k(b, 0.0),
+                RowOp::DotRows(..) | RowOp::DotCols(_) => {
+                    unreachable!("only Dot reads a product's factors (Kernel::check)")
+                }
             },
             Inst::Dot(qa, qb) => {
                 let (RowOp::DotRows(row, d), RowOp::DotCols(base)) = (rows[qa], rows[qb]) else {

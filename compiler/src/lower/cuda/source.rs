@@ -131,8 +131,9 @@ fn body(k: &Kernel, ind: &str) -> String {
                 Access::Vec { div } => format!("a{q}[(r / {div}LL) * {inner}LL + j]"),
                 Access::Splat { div: 1 } => format!("a{q}[r]"),
                 Access::Splat { div } => format!("a{q}[r / {div}LL]"),
-                // Only `Dot` reads a product's factors.
-                Access::DotRows { .. } | Access::DotCols { .. } => "0.0f".into(),
+                Access::DotRows { .. } | Access::DotCols { .. } => {
+                    unreachable!("only Dot reads a product's factors (Kernel::check)")
+                }
             },
             Inst::Dot(a, b) => {
                 // The thin-product chain: fmaf from +0 in increasing p, unrolled.
