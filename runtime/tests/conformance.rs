@@ -9,124 +9,12 @@
 //! operation, so it meets them exactly; CUDA may not), 2e-5 for reductions and matrix
 //! products (summation order differs from the reference's).
 
-use lorac_compiler::ir::{
-    BinaryOp, DType, Graph, InputKind, NodeId, Op, ReduceOp, Tensor, UnaryOp,
-};
+use common::case::{Case, EW, RED, SIZES};
+use lorac_compiler::ir::{BinaryOp, Op, ReduceOp, Tensor, UnaryOp};
 use lorac_runtime::exec::{Backend, Program};
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
-use std::collections::HashMap;
+use rand::Rng;
 
 mod common;
-
-const SIZES: [usize; 4] = [1, 3, 50, 783];
-const EW: f32 = 2e-6;
-const RED: f32 = 2e-5;
-
-/// Backends checked against the reference; the CUDA backend joins with `LORAC_TEST_CUDA=1`
-/// on a GPU machine.
-fn backends() -> Vec<Backend> {
-    let mut v = vec![Backend::Cpu];
-    if common::cuda_requested() {
-        v.push(Backend::Cuda);
-    }
-    v
-}
-
-struct Case {
-    g: Graph,
-    inputs: HashMap<String, Tensor>,
-    rng: ChaCha8Rng,
-}
-
-impl Case {
-    fn new(seed: u64) -> Case {
-        Case {
-            g: Graph::new(),
-            inputs: HashMap::new(),
-            rng: ChaCha8Rng::seed_from_u64(seed),
-        }
-    }
-    /// An f32 input with values uniform in `lo..hi`.
-    fn input(&mut self, name: &str, shape: &[usize], lo: f32, hi: f32) -> NodeId {
-        let n: usize = shape.iter().product();
-        let v: Vec<f32> = (0..n).map(|_| self.rng.random_range(lo..hi)).collect();
-        self.inputs
-            .insert(name.into(), Tensor::f32(shape.to_vec(), v));
-        self.g
-            .add(
-                Op::Input {
-                    name: name.into(),
-                    kind: InputKind::Data,
-                    shape: shape.to_vec(),
-                    dtype: DType::F32,
-                },
-                &[],
-            )
-            .unwrap()
-    }
-    fn ids(&mut self, name: &str, shape: &[usize], below: i64) -> NodeId {
-        let n: usize = shape.iter().product();
-        let v: Vec<i64> = (0..n).map(|_| self.rng.random_range(0..below)).collect();
-        self.inputs
-            .insert(name.into(), Tensor::i64(shape.to_vec(), v));
-        self.g
-            .add(
-                Op::Input {
-                    name: name.into(),
-                    kind: InputKind::Data,
-                    shape: shape.to_vec(),
-                    dtype: DType::I64,
-                },
-                &[],
-            )
-            .unwrap()
-    }
-    /// The outputs on one backend.
-    fn run_on(&self, be: Backend) -> HashMap<String, Tensor> {
-        Program::new(&self.g, be)
-            .unwrap()
-            .run(&[&self.inputs])
-            .unwrap()
-    }
-    /// The outputs on the reference interpreter and on the CPU backend.
-    fn reference_and_cpu(&self) -> (HashMap<String, Tensor>, HashMap<String, Tensor>) {
-        (self.run_on(Backend::Reference), self.run_on(Backend::Cpu))
-    }
-    /// Runs on every backend and compares each output with the reference.
-    fn check(&self, what: &str, tol: f32) {
-        let reference = Program::new(&self.g, Backend::Reference)
-            .unwrap()
-            .run(&[&self.inputs])
-            .unwrap();
-        for be in backends() {
-            let p = Program::new(&self.g, be).unwrap_or_else(|e| panic!("{what}: {e}"));
-            let got = p
-                .run(&[&self.inputs])
-                .unwrap_or_else(|e| panic!("{what} on {}: {e}", be.name()));
-            for (name, want) in &reference {
-                let t = &got[name];
-                assert_eq!(t.shape, want.shape, "{what}/{name} shape on {}", be.name());
-                match (&t.data, &want.data) {
-                    (lorac_compiler::ir::Data::I64(a), lorac_compiler::ir::Data::I64(b)) => {
-                        assert_eq!(a, b, "{what}/{name} on {}", be.name())
-                    }
-                    _ => {
-                        for (i, (a, b)) in t.f().iter().zip(want.f()).enumerate() {
-                            let ok = (a - b).abs() <= tol * b.abs().max(1.0)
-                                || (a.is_nan() && b.is_nan());
-                            assert!(
-                                ok,
-                                "{what}/{name}[{i}] on {}: {a} vs reference {b}",
-                                be.name()
-                            );
-                        }
-                    }
-                }
-            }
-        }
-    }
-}
 
 const UNARY: [(UnaryOp, f32, f32); 12] = [
     (UnaryOp::Neg, -3.0, 3.0),

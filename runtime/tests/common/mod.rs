@@ -1,6 +1,8 @@
 //! Test-only helpers shared by the runtime's integration tests.
 #![allow(dead_code)]
 
+pub mod case;
+
 use lorac_compiler::ir::Tensor;
 use std::path::{Path, PathBuf};
 

@@ -3,6 +3,7 @@
 //! the output base pointers.
 
 use super::math::Math;
+use super::phases;
 use crate::ir::ReduceOp;
 use crate::lower::kernel::{identity, Access, Form, Inst, Kernel};
 use cranelift_codegen::ir::condcodes::IntCC;
@@ -13,7 +14,7 @@ use cranelift_frontend::FunctionBuilder;
 
 /// Per-row addressing of one operand.
 #[derive(Clone, Copy)]
-enum RowOp {
+pub(super) enum RowOp {
     /// Pointer to the row's first element.
     Ptr(Value),
     /// The row's single value.
@@ -28,7 +29,7 @@ enum RowOp {
 /// The per-row splats of every [`RowOp::DotRows`] operand, indexed by its id.
 type DotRowVals = Vec<Vec<Value>>;
 
-fn mem() -> MemFlagsData {
+pub(super) fn mem() -> MemFlagsData {
     // Operands are valid for every index the kernel touches; rows need not be 16-byte aligned.
     MemFlagsData::new().with_notrap()
 }
@@ -41,10 +42,12 @@ fn group(b: &mut FunctionBuilder, r: Value, div: usize) -> Value {
     }
 }
 
-fn combine(b: &mut FunctionBuilder, op: ReduceOp, x: Value, y: Value) -> Value {
+/// Folds `y` into the running `acc`. Max is `acc < y ? y : acc` (one `maxps`; CLIF's `fmax`
+/// is a NaN-propagating sequence of ~9): the reference's `f32::max` fold, which leaves NaN out.
+fn combine(b: &mut FunctionBuilder, m: &Math, op: ReduceOp, acc: Value, y: Value) -> Value {
     match op {
-        ReduceOp::Sum => b.ins().fadd(x, y),
-        ReduceOp::Max => b.ins().fmax(x, y),
+        ReduceOp::Sum => b.ins().fadd(acc, y),
+        ReduceOp::Max => m.max_into(b, acc, y),
     }
 }
 
@@ -102,8 +105,9 @@ fn body(
 
 /// Emits the kernel's function body into `b` (whose signature is `(i64, i64, i64)`). A
 /// column sum also reads four f64 scratch rows (zeroed by the caller; row r adds into scratch
-/// row r mod 4) after its output pointer.
-pub fn define(b: &mut FunctionBuilder, k: &Kernel, libm: &[FuncRef]) {
+/// row r mod 4) after its output pointer. `wide_fns` (the imported [`super::wide::NAMES`], or
+/// none) let maps with `exp` or `erf` run in phases ([`phases`]).
+pub fn define(b: &mut FunctionBuilder, k: &Kernel, libm: &[FuncRef], wide_fns: &[FuncRef]) {
     let entry = b.create_block();
     b.append_block_params_for_function_params(entry);
     b.switch_to_block(entry);
@@ -225,7 +229,11 @@ pub fn define(b: &mut FunctionBuilder, k: &Kernel, libm: &[FuncRef]) {
     // Not with a fused product: measured 20–40 % slower paired (the factor rows of two
     // vectors crowd Cranelift's 16 vector registers).
     let dot = k.body.iter().any(|i| matches!(i, Inst::Dot(..)));
-    let first = if matches!(k.form, Form::Map) && nvec >= 8 && !dot {
+    let phased = (!wide_fns.is_empty()).then(|| phases::plan(k)).flatten();
+    let first = if let Some(p) = &phased {
+        phases::emit(b, k, p, &vec4, &rows, &outs, nvec, wide_fns);
+        b.ins().iconst(types::I64, nvec)
+    } else if matches!(k.form, Form::Map) && nvec >= 8 && !dot {
         map_pairs(b, k, &vec4, &rows, &dots, &outs, nvec / 8 * 8)
     } else {
         zero
@@ -257,7 +265,7 @@ pub fn define(b: &mut FunctionBuilder, k: &Kernel, libm: &[FuncRef]) {
             acc_lo = b.ins().fadd(acc_lo, lo);
             acc_hi = b.ins().fadd(acc_hi, hi);
         }
-        (Form::RowReduce(op), _) => acc32 = combine(b, op, acc32, v),
+        (Form::RowReduce(op), _) => acc32 = combine(b, &vec4, op, acc32, v),
         (Form::ColReduce(ReduceOp::Sum), _) => {
             let (lo, hi) = widen(b, v);
             let off = b.ins().ishl_imm_u(hp[0], 3);
@@ -271,7 +279,7 @@ pub fn define(b: &mut FunctionBuilder, k: &Kernel, libm: &[FuncRef]) {
         (Form::ColReduce(op), _) => {
             let a = b.ins().iadd(outs[0], byte);
             let o = b.ins().load(types::F32X4, mem(), a, 0);
-            let n = combine(b, op, o, v);
+            let n = combine(b, &vec4, op, o, v);
             b.ins().store(mem(), n, a, 0);
         }
         (Form::Map, _) => {
@@ -295,9 +303,9 @@ pub fn define(b: &mut FunctionBuilder, k: &Kernel, libm: &[FuncRef]) {
     let hs = match red {
         Some(op) if matches!(k.form, Form::RowReduce(_)) && op != ReduceOp::Sum => {
             let l: Vec<Value> = (0..4u8).map(|i| b.ins().extractlane(hp[1], i)).collect();
-            let a = combine(b, op, l[0], l[1]);
-            let c = combine(b, op, l[2], l[3]);
-            combine(b, op, a, c)
+            let a = combine(b, &one, op, l[0], l[1]);
+            let c = combine(b, &one, op, l[2], l[3]);
+            combine(b, &one, op, a, c)
         }
         _ => one.k(b, ident),
     };
@@ -342,7 +350,7 @@ pub fn define(b: &mut FunctionBuilder, k: &Kernel, libm: &[FuncRef]) {
             let w = b.ins().fpromote(types::F64, v);
             a64 = b.ins().fadd(a64, w);
         }
-        Form::RowReduce(op) => a32 = combine(b, op, a32, v),
+        Form::RowReduce(op) => a32 = combine(b, &one, op, a32, v),
         Form::ColReduce(ReduceOp::Sum) => {
             let w = b.ins().fpromote(types::F64, v);
             let off = b.ins().ishl_imm_u(tp[0], 3);
@@ -354,7 +362,7 @@ pub fn define(b: &mut FunctionBuilder, k: &Kernel, libm: &[FuncRef]) {
         Form::ColReduce(op) => {
             let a = b.ins().iadd(outs[0], byte);
             let o = b.ins().load(types::F32, mem(), a, 0);
-            let n = combine(b, op, o, v);
+            let n = combine(b, &one, op, o, v);
             b.ins().store(mem(), n, a, 0);
         }
         Form::Map => {

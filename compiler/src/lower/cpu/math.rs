@@ -108,8 +108,16 @@ impl Math<'_> {
         let (lo, hi) = (self.k(b, lo), self.k(b, hi));
         let below = b.ins().fcmp(FloatCC::LessThan, x, lo);
         let x = self.pick(b, below, lo, x);
-        let above = b.ins().fcmp(FloatCC::GreaterThan, x, hi);
+        // `hi < x`, not `x > hi`: this operand order is the form x64 lowers to one `minps`.
+        let above = b.ins().fcmp(FloatCC::LessThan, hi, x);
         self.pick(b, above, hi, x)
+    }
+
+    /// `acc < x ? x : acc` lane-wise (x64: one `maxps`): `f32::max` for a non-NaN `acc`, a
+    /// NaN `x` left out as the reference's fold leaves it out.
+    pub fn max_into(&self, b: &mut FunctionBuilder, acc: Value, x: Value) -> Value {
+        let less = b.ins().fcmp(FloatCC::LessThan, acc, x);
+        self.pick(b, less, x, acc)
     }
 
     fn pick(&self, b: &mut FunctionBuilder, c: Value, yes: Value, no: Value) -> Value {

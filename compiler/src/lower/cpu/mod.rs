@@ -3,6 +3,8 @@
 
 pub mod codegen;
 pub mod math;
+pub mod phases;
+pub mod wide;
 
 use crate::lower::kernel::Kernel;
 use cranelift_codegen::ir::{types, AbiParam, UserFuncName};
@@ -57,6 +59,13 @@ pub fn compile(kernels: &[Kernel]) -> Result<CpuKernels, String> {
     for (name, p) in math::LIBM.iter().zip(fptrs) {
         jb.symbol(*name, p);
     }
+    // Wide transcendentals only where they pay (AVX-512); kernels then never import them.
+    let use_wide = wide::available();
+    if use_wide {
+        for (name, p) in wide::NAMES.iter().zip(wide::pointers()) {
+            jb.symbol(*name, p);
+        }
+    }
     let mut module = JITModule::new(jb);
     let mut lib_ids = vec![];
     for (i, name) in math::LIBM.iter().enumerate() {
@@ -71,6 +80,20 @@ pub fn compile(kernels: &[Kernel]) -> Result<CpuKernels, String> {
                 .declare_function(name, Linkage::Import, &sig)
                 .map_err(err)?,
         );
+    }
+    let mut wide_ids = vec![];
+    if use_wide {
+        for name in wide::NAMES {
+            let mut sig = module.make_signature();
+            for _ in 0..3 {
+                sig.params.push(AbiParam::new(types::I64));
+            }
+            wide_ids.push(
+                module
+                    .declare_function(name, Linkage::Import, &sig)
+                    .map_err(err)?,
+            );
+        }
     }
     let mut ctx = module.make_context();
     let mut fctx = FunctionBuilderContext::new();
@@ -92,7 +115,11 @@ pub fn compile(kernels: &[Kernel]) -> Result<CpuKernels, String> {
                 .iter()
                 .map(|&l| module.declare_func_in_func(l, b.func))
                 .collect();
-            codegen::define(&mut b, k, &libm);
+            let wide_fns: Vec<_> = wide_ids
+                .iter()
+                .map(|&l| module.declare_func_in_func(l, b.func))
+                .collect();
+            codegen::define(&mut b, k, &libm, &wide_fns);
             b.finalize(target);
         }
         module.define_function(id, &mut ctx).map_err(err)?;

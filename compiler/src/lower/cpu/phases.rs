@@ -1,0 +1,264 @@
+//! Maps with `exp` or `erf` on a host with AVX-512: each row's vector part runs in chunks,
+//! and each chunk in phases. A phase is an f32x4 loop over the chunk for the instructions of
+//! one level; between phases, one call per transcendental computes it over the whole chunk
+//! 16 lanes at a time ([`super::wide`]). Values that cross a phase boundary go through
+//! scratch rows on the stack (L1-resident). Every element sees the same operations as in the
+//! one-loop form, so results are unchanged bit for bit; only the lane width differs.
+
+use super::codegen::{mem, RowOp};
+use super::math::Math;
+use super::wide;
+use crate::lower::kernel::{Form, Inst, Kernel};
+use cranelift_codegen::ir::condcodes::IntCC;
+use cranelift_codegen::ir::{
+    types, BlockArg, FuncRef, InstBuilder, StackSlotData, StackSlotKind, Value,
+};
+use cranelift_frontend::FunctionBuilder;
+use std::collections::HashMap;
+
+/// Elements per chunk: a scratch row is 2 KiB, so a handful stay in L1 while one call's
+/// overhead is spread over 32 sixteen-lane vectors.
+const CHUNK: i64 = 512;
+
+/// How a map's body splits into phases.
+pub struct Phases {
+    /// Level of each instruction: loads and constants 0 (they are re-read where needed);
+    /// a wide instruction one more than its argument; anything else its operands' maximum.
+    level: Vec<usize>,
+    /// Scratch row of each value that crosses a phase boundary.
+    slot: Vec<Option<usize>>,
+    /// Scratch rows in all.
+    slots: usize,
+    /// Number of phases (the highest level + 1).
+    phases: usize,
+}
+
+impl Phases {
+    /// Number of phases (one more than the deepest chain of wide instructions).
+    pub fn count(&self) -> usize {
+        self.phases
+    }
+}
+
+fn wide_arg(i: &Inst) -> Option<usize> {
+    match *i {
+        Inst::Unary(u, a) if wide::index(u).is_some() => Some(a),
+        _ => None,
+    }
+}
+
+fn operands(i: &Inst) -> Vec<usize> {
+    match *i {
+        Inst::Unary(_, a) => vec![a],
+        Inst::Binary(_, x, y) => vec![x, y],
+        Inst::Load(_) | Inst::Const(_) | Inst::Dot(..) => vec![],
+    }
+}
+
+/// The phases of `k`, when it is a map with a wide instruction, at least 16 vector elements
+/// per row, and no fused product (whose factor splats ride one loop).
+pub fn plan(k: &Kernel) -> Option<Phases> {
+    let eligible = k.form == Form::Map
+        && k.inner / 4 * 4 >= 16
+        && k.body.iter().any(|i| wide_arg(i).is_some())
+        && !k.body.iter().any(|i| matches!(i, Inst::Dot(..)));
+    if !eligible {
+        return None;
+    }
+    let n = k.body.len();
+    let mut level = vec![0usize; n];
+    for (i, inst) in k.body.iter().enumerate() {
+        level[i] = match wide_arg(inst) {
+            Some(a) => level[a] + 1,
+            None => operands(inst).iter().map(|&a| level[a]).max().unwrap_or(0),
+        };
+    }
+    let reread = |v: usize| matches!(k.body[v], Inst::Load(_) | Inst::Const(_));
+    let mut crosses = vec![false; n];
+    for (u, inst) in k.body.iter().enumerate() {
+        if let Some(a) = wide_arg(inst) {
+            // The call reads its argument, and writes its result, in scratch.
+            crosses[a] = true;
+            crosses[u] = true;
+        } else {
+            for a in operands(inst) {
+                if level[a] < level[u] && !reread(a) {
+                    crosses[a] = true;
+                }
+            }
+        }
+    }
+    let mut slot = vec![None; n];
+    let mut slots = 0;
+    for (v, s) in slot.iter_mut().enumerate() {
+        if crosses[v] {
+            *s = Some(slots);
+            slots += 1;
+        }
+    }
+    Some(Phases {
+        phases: level.iter().max().map_or(1, |m| m + 1),
+        level,
+        slot,
+        slots,
+    })
+}
+
+/// Emits the chunked phases for `j` in `0..nvec` of the current row (`rows`, `outs` as the
+/// one-loop form addresses them); `wide_fns` are the imported [`wide::NAMES`].
+#[allow(clippy::too_many_arguments)]
+pub(super) fn emit(
+    b: &mut FunctionBuilder,
+    k: &Kernel,
+    p: &Phases,
+    m: &Math,
+    rows: &[RowOp],
+    outs: &[Value],
+    nvec: i64,
+    wide_fns: &[FuncRef],
+) {
+    let ss = b.create_sized_stack_slot(StackSlotData::new(
+        StackSlotKind::ExplicitSlot,
+        (p.slots as i64 * CHUNK * 4) as u32,
+        6,
+    ));
+    let scratch = b.ins().stack_addr(types::I64, ss, 0);
+    let chunk_hdr = b.create_block();
+    b.append_block_param(chunk_hdr, types::I64);
+    let chunk_body = b.create_block();
+    let done = b.create_block();
+    let zero = b.ins().iconst(types::I64, 0);
+    b.ins().jump(chunk_hdr, &[BlockArg::Value(zero)]);
+
+    b.switch_to_block(chunk_hdr);
+    let c0 = b.block_params(chunk_hdr)[0];
+    let more = b.ins().icmp_imm_s(IntCC::SignedLessThan, c0, nvec);
+    b.ins().brif(more, chunk_body, &[], done, &[]);
+
+    b.switch_to_block(chunk_body);
+    let end = b.ins().iconst(types::I64, nvec);
+    let rem = b.ins().isub(end, c0);
+    let full = b.ins().iconst(types::I64, CHUNK);
+    let len = b.ins().umin(rem, full);
+    let slot_addr =
+        |b: &mut FunctionBuilder, s: usize| b.ins().iadd_imm_s(scratch, s as i64 * CHUNK * 4);
+    for q in 0..p.phases {
+        if q > 0 {
+            // The wide instructions of level q, over the chunk, in body order.
+            for (w, inst) in k.body.iter().enumerate() {
+                let (Some(a), true) = (wide_arg(inst), p.level[w] == q) else {
+                    continue;
+                };
+                let Inst::Unary(u, _) = *inst else { continue };
+                let f = wide_fns[wide::index(u).expect("a wide instruction")];
+                let src = slot_addr(b, p.slot[a].expect("a wide argument has a slot"));
+                let dst = slot_addr(b, p.slot[w].expect("a wide result has a slot"));
+                b.ins().call(f, &[src, dst, len]);
+            }
+        }
+        phase_loop(b, k, p, q, m, rows, outs, c0, len, scratch);
+    }
+    let next = b.ins().iadd_imm_s(c0, CHUNK);
+    b.ins().jump(chunk_hdr, &[BlockArg::Value(next)]);
+    b.switch_to_block(done);
+}
+
+/// The f32x4 loop of phase `q` over the chunk at `c0` of `len` elements.
+#[allow(clippy::too_many_arguments)]
+fn phase_loop(
+    b: &mut FunctionBuilder,
+    k: &Kernel,
+    p: &Phases,
+    q: usize,
+    m: &Math,
+    rows: &[RowOp],
+    outs: &[Value],
+    c0: Value,
+    len: Value,
+    scratch: Value,
+) {
+    let hdr = b.create_block();
+    b.append_block_param(hdr, types::I64);
+    let body = b.create_block();
+    let after = b.create_block();
+    let zero = b.ins().iconst(types::I64, 0);
+    b.ins().jump(hdr, &[BlockArg::Value(zero)]);
+    b.switch_to_block(hdr);
+    let j = b.block_params(hdr)[0];
+    let c = b.ins().icmp(IntCC::SignedLessThan, j, len);
+    b.ins().brif(c, body, &[], after, &[]);
+
+    b.switch_to_block(body);
+    let sbyte = b.ins().ishl_imm_u(j, 2);
+    let at = b.ins().iadd(c0, j);
+    let byte = b.ins().ishl_imm_u(at, 2);
+    let row_of = |b: &mut FunctionBuilder, s: usize| {
+        let base = b.ins().iadd_imm_s(scratch, s as i64 * CHUNK * 4);
+        b.ins().iadd(base, sbyte)
+    };
+    let mut vals: HashMap<usize, Value> = HashMap::new();
+    // A value as this phase sees it: re-read (loads, constants), computed here, or from
+    // its scratch row.
+    let get = |b: &mut FunctionBuilder, vals: &mut HashMap<usize, Value>, v: usize| {
+        if let Some(&x) = vals.get(&v) {
+            return x;
+        }
+        let x = match k.body[v] {
+            Inst::Load(o) => match rows[o] {
+                RowOp::Ptr(ptr) => {
+                    let a = b.ins().iadd(ptr, byte);
+                    b.ins().load(m.ty, mem(), a, 0)
+                }
+                RowOp::Scalar(s) => b.ins().splat(types::F32X4, s),
+                RowOp::DotRows(..) | RowOp::DotCols(_) => {
+                    unreachable!("phased maps hold no fused product (plan)")
+                }
+            },
+            Inst::Const(c) => m.k(b, c),
+            _ => {
+                let a = row_of(
+                    b,
+                    p.slot[v].expect("a value from an earlier phase has a slot"),
+                );
+                b.ins().load(types::F32X4, mem(), a, 0)
+            }
+        };
+        vals.insert(v, x);
+        x
+    };
+    for (u, inst) in k.body.iter().enumerate() {
+        if p.level[u] != q || wide_arg(inst).is_some() {
+            continue;
+        }
+        let x = match *inst {
+            Inst::Unary(op, a) => {
+                let a = get(b, &mut vals, a);
+                m.unary(b, op, a)
+            }
+            Inst::Binary(op, x, y) => {
+                let (x, y) = (get(b, &mut vals, x), get(b, &mut vals, y));
+                m.binary(b, op, x, y)
+            }
+            Inst::Load(_) | Inst::Const(_) | Inst::Dot(..) => continue,
+        };
+        vals.insert(u, x);
+    }
+    // Values of this level that later phases or calls read, then this level's outputs.
+    for v in 0..k.body.len() {
+        if let (Some(s), true) = (p.slot[v], p.level[v] == q && wide_arg(&k.body[v]).is_none()) {
+            let x = get(b, &mut vals, v);
+            let a = row_of(b, s);
+            b.ins().store(mem(), x, a, 0);
+        }
+    }
+    for (o, &v) in k.outputs.iter().enumerate() {
+        if p.level[v] == q {
+            let x = get(b, &mut vals, v);
+            let a = b.ins().iadd(outs[o], byte);
+            b.ins().store(mem(), x, a, 0);
+        }
+    }
+    let j4 = b.ins().iadd_imm_s(j, 4);
+    b.ins().jump(hdr, &[BlockArg::Value(j4)]);
+    b.switch_to_block(after);
+}
