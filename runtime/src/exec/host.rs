@@ -217,11 +217,10 @@ pub fn run(op: &Op, ins: &[In<'_>], out: &mut Out<'_>, shape: &[usize]) -> Resul
             if let (In::F(x, _), In::I(seed, _), Out::F(o)) = (&ins[0], &ins[1], &mut *out) {
                 let st = ops::random::stream(seed.first().copied().unwrap_or(0) as u64, *salt);
                 const CHUNK: usize = 1 << 14;
+                // One pass: each factor multiplies its value in registers (`x · f`, the
+                // reference's product).
                 o.par_chunks_mut(CHUNK).enumerate().for_each(|(c, oc)| {
-                    super::mask::factors(st, (c * CHUNK) as u64, *p, oc);
-                    for (o, &v) in oc.iter_mut().zip(&x[c * CHUNK..]) {
-                        *o *= v;
-                    }
+                    super::mask::apply(st, (c * CHUNK) as u64, *p, &x[c * CHUNK..], oc);
                 });
                 return Ok(());
             }

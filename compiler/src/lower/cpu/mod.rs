@@ -60,7 +60,8 @@ pub fn compile(kernels: &[Kernel]) -> Result<CpuKernels, String> {
         jb.symbol(*name, p);
     }
     // Wide transcendentals only where they pay (AVX-512); kernels then never import them.
-    let use_wide = wide::available();
+    // `LORAC_NO_WIDE` turns them off (a developer switch for A/B measurements).
+    let use_wide = wide::available() && std::env::var("LORAC_NO_WIDE").is_err();
     if use_wide {
         for (name, p) in wide::NAMES.iter().zip(wide::pointers()) {
             jb.symbol(*name, p);
