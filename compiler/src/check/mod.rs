@@ -4,6 +4,8 @@ pub mod adapter;
 pub mod attach;
 pub mod builtins;
 pub mod eval;
+pub mod eval_ops;
+mod fold;
 pub mod init;
 pub mod load;
 pub mod model_decl;
