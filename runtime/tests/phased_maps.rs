@@ -10,8 +10,9 @@ use lorac_compiler::lower::cpu::{phases, wide};
 
 mod common;
 
-/// 16 is the shortest phased row; 783 = 3 chunks' worth minus a tail; 1536 is MiniLM's
-/// intermediate width (three full chunks); 1030 leaves a 6-element chunk and a 2-element tail.
+/// 16 is the shortest phased row; 783 is a 512-element chunk, a 268-element one and a
+/// 3-element scalar tail; 1536 is MiniLM's intermediate width (three full chunks); 1030 leaves
+/// a 4-element last chunk and a 2-element tail.
 const LENGTHS: [usize; 6] = [3, 16, 50, 783, 1030, 1536];
 
 fn bits(t: &Tensor) -> Vec<u32> {

@@ -319,6 +319,35 @@ mod tests {
         }
     }
 
+    /// Broadcast views (a source stride of 0 on the last axis, with another axis contiguous)
+    /// take the tiled path too; f32 and i64 alike, through the leading-axis split.
+    #[test]
+    fn tiled_broadcasts_equal_the_walk() {
+        // (output shape, source strides): [n,1]→[n,m]; [k,1]→[b,k,m]; [b,k,1]→[b,k,m].
+        let cases: [(&[usize], &[usize]); 3] = [
+            (&[37, 300], &[1, 0]),
+            (&[5, 33, 400], &[0, 1, 0]),
+            (&[3, 50, 700], &[50, 1, 0]),
+        ];
+        for (shape, st) in cases {
+            let n = numel(shape);
+            let len = 200;
+            let src: Vec<i64> = (0..len as i64).collect();
+            let mut want = vec![-1i64; n];
+            walk(shape, st, |o, i| want[o] = src[i]);
+            let mut got = vec![-2i64; n];
+            strided(&src, &mut got, shape, st);
+            assert_eq!(got, want, "i64 shape {shape:?}");
+            let srcf: Vec<f32> = src.iter().map(|&v| v as f32).collect();
+            let mut gotf = vec![-2f32; n];
+            strided(&srcf, &mut gotf, shape, st);
+            assert!(
+                gotf.iter().zip(&want).all(|(&a, &b)| a == b as f32),
+                "f32 shape {shape:?}"
+            );
+        }
+    }
+
     fn permutations(p: &mut Vec<usize>, k: usize, out: &mut Vec<Vec<usize>>) {
         if k == p.len() {
             out.push(p.clone());

@@ -205,7 +205,9 @@ pub fn define(b: &mut FunctionBuilder, k: &Kernel, libm: &[FuncRef], wide_fns: &
     // Vector loop over j in 0..nvec. Row sums accumulate in four f64 partial sums (element j
     // into partial j mod 4: lanes 0–1 and 2–3 as two f64x2), combined as (s0 + s1) + (s2 + s3)
     // before the tail adds its elements one by one: exactly the reference's definition
-    // (`ops::reduce::sum_f64`), so bit-identical. Max accumulates in f32 (exact in any order).
+    // (`ops::reduce::sum_f64`), so bit-identical. Max accumulates in f32 by lane
+    // (`Math::max_into`): the reference fold's value for every row except a maximum of zero
+    // met as both -0 and +0, whose sign may differ (the lanes combine in another order).
     let vec_hdr = b.create_block();
     b.append_block_param(vec_hdr, types::I64);
     b.append_block_param(vec_hdr, types::F32X4);

@@ -33,8 +33,20 @@ fn err(e: impl std::fmt::Display) -> String {
     format!("Cranelift: {e}")
 }
 
-/// Compiles every kernel for the host.
+/// Compiles every kernel for the host; maps with exp/erf run in phases where the host has
+/// AVX-512 ([`wide::available`]) unless `LORAC_NO_WIDE` is set (to anything: a developer
+/// switch for A/B measurements).
 pub fn compile(kernels: &[Kernel]) -> Result<CpuKernels, String> {
+    compile_with(
+        kernels,
+        wide::available() && std::env::var("LORAC_NO_WIDE").is_err(),
+    )
+}
+
+/// [`compile`], choosing whether eligible maps run in phases ([`phases`]). Forced on a host
+/// without AVX-512, the wide calls take their scalar path: slower, the same bits (tests use
+/// this to check the phase split on any host).
+pub fn compile_with(kernels: &[Kernel], use_wide: bool) -> Result<CpuKernels, String> {
     for k in kernels {
         k.check()?;
     }
@@ -59,9 +71,7 @@ pub fn compile(kernels: &[Kernel]) -> Result<CpuKernels, String> {
     for (name, p) in math::LIBM.iter().zip(fptrs) {
         jb.symbol(*name, p);
     }
-    // Wide transcendentals only where they pay (AVX-512); kernels then never import them.
-    // `LORAC_NO_WIDE` turns them off (a developer switch for A/B measurements).
-    let use_wide = wide::available() && std::env::var("LORAC_NO_WIDE").is_err();
+    // Without wide calls, kernels never import them.
     if use_wide {
         for (name, p) in wide::NAMES.iter().zip(wide::pointers()) {
             jb.symbol(*name, p);

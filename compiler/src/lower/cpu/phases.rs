@@ -20,6 +20,10 @@ use std::collections::HashMap;
 /// overhead is spread over 32 sixteen-lane vectors.
 const CHUNK: i64 = 512;
 
+/// Most scratch rows a phased kernel may use (32 KiB of stack); larger bodies keep the
+/// one-loop form, so a huge fused kernel cannot grow a pool thread's stack frame unbounded.
+const MAX_SLOTS: usize = 16;
+
 /// How a map's body splits into phases.
 pub struct Phases {
     /// Level of each instruction: loads and constants 0 (they are re-read where needed);
@@ -56,7 +60,8 @@ fn operands(i: &Inst) -> Vec<usize> {
 }
 
 /// The phases of `k`, when it is a map with a wide instruction, at least 16 vector elements
-/// per row, and no fused product (whose factor splats ride one loop).
+/// per row, no fused product (whose factor splats ride one loop), and at most
+/// [`MAX_SLOTS`] values crossing phases.
 pub fn plan(k: &Kernel) -> Option<Phases> {
     let eligible = k.form == Form::Map
         && k.inner / 4 * 4 >= 16
@@ -95,6 +100,9 @@ pub fn plan(k: &Kernel) -> Option<Phases> {
             *s = Some(slots);
             slots += 1;
         }
+    }
+    if slots > MAX_SLOTS {
+        return None;
     }
     Some(Phases {
         phases: level.iter().max().map_or(1, |m| m + 1),
@@ -261,4 +269,86 @@ fn phase_loop(
     let j4 = b.ins().iadd_imm_s(j, 4);
     b.ins().jump(hdr, &[BlockArg::Value(j4)]);
     b.switch_to_block(after);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ir::{BinaryOp, UnaryOp};
+    use crate::lower::cpu::compile_with;
+    use crate::lower::kernel::Access;
+
+    /// The phase split computed by compiled code (forced, so on any host: without AVX-512
+    /// the calls take their scalar path) equals the kernel interpreter bit for bit: nested
+    /// calls, a load as a call's argument, a per-row scalar, values crossing two levels and
+    /// outputs from levels 0, 1 and 2, for rows of one, several and partial chunks plus tails.
+    #[test]
+    fn forced_phases_equal_the_interpreter() {
+        use BinaryOp::*;
+        let body = vec![
+            Inst::Load(0),                // v0 = x
+            Inst::Load(1),                // v1 = per-row scalar
+            Inst::Binary(Mul, 0, 1),      // v2 = x·s        (level 0, output)
+            Inst::Unary(UnaryOp::Exp, 0), // v3 = exp(x)     (level 1, a load's call)
+            Inst::Const(0.1),             // v4
+            Inst::Binary(Mul, 3, 4),      // v5 = 0.1·exp(x) (level 1)
+            Inst::Unary(UnaryOp::Erf, 5), // v6 = erf(v5)    (level 2)
+            Inst::Binary(Add, 6, 2),      // v7 = v6 + v2    (v2 crosses 0 → 2)
+            Inst::Binary(Sub, 5, 2),      // v8 (level 1, output)
+        ];
+        for inner in [16, 50, 513, 783, 1030, 1536] {
+            let k = Kernel {
+                name: "phased".into(),
+                form: Form::Map,
+                rows: 3,
+                inner,
+                operands: vec![Access::Vec { div: 1 }, Access::Splat { div: 1 }],
+                body: body.clone(),
+                outputs: vec![2, 7, 8],
+            };
+            let p = plan(&k).expect("eligible");
+            assert_eq!(p.count(), 3);
+            let x: Vec<f32> = (0..3 * inner)
+                .map(|i| ((i * 7919 % 1000) as f32 - 500.0) / 90.0)
+                .collect();
+            let s = [0.5f32, -1.25, 3.0];
+            let mut want = vec![vec![0f32; 3 * inner]; 3];
+            k.eval_host(&[&x, &s], &mut want);
+            let compiled = compile_with(std::slice::from_ref(&k), true).unwrap();
+            let mut got = vec![vec![-7f32; 3 * inner]; 3];
+            let mut ptrs: Vec<*mut f32> = vec![x.as_ptr() as *mut f32, s.as_ptr() as *mut f32];
+            ptrs.extend(got.iter_mut().map(|o| o.as_mut_ptr()));
+            // SAFETY: operands and outputs hold the lengths the kernel reads and writes.
+            unsafe { (compiled.fns[0])(ptrs.as_ptr(), 0, 3) };
+            for o in 0..3 {
+                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&got[o]), bits(&want[o]), "output {o}, inner {inner}");
+            }
+        }
+    }
+
+    /// Bodies crossing more values than [`MAX_SLOTS`] keep the one-loop form.
+    #[test]
+    fn too_many_crossing_values_are_not_phased() {
+        let mut body = vec![Inst::Load(0)];
+        for i in 0..=MAX_SLOTS {
+            body.push(Inst::Binary(BinaryOp::Add, 0, i));
+        }
+        let last = body.len() - 1;
+        body.push(Inst::Unary(UnaryOp::Exp, last));
+        let e = body.len() - 1;
+        for i in 1..=MAX_SLOTS + 1 {
+            body.push(Inst::Binary(BinaryOp::Mul, e, i));
+        }
+        let k = Kernel {
+            name: "wide".into(),
+            form: Form::Map,
+            rows: 1,
+            inner: 64,
+            operands: vec![Access::Vec { div: 1 }],
+            outputs: vec![body.len() - 1],
+            body,
+        };
+        assert!(plan(&k).is_none());
+    }
 }
