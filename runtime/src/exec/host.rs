@@ -1,7 +1,7 @@
 //! Host implementations of the ops the CPU backend does not fuse: views that move data,
 //! gathers, casts; anything rarer falls back to the reference semantics.
 
-use lorac_compiler::ir::tensor::{numel, strides};
+use lorac_compiler::ir::tensor::strides;
 use lorac_compiler::ir::{ops, Data, Op, Tensor};
 use rayon::prelude::*;
 
@@ -21,37 +21,49 @@ pub enum Out<'a> {
     I(&'a mut [i64]),
 }
 
+/// Visits every index tuple of `dims` in row-major order with its offsets along strides `a`
+/// and `b`: `f(Σ idx·a, Σ idx·b)`. No dims: one visit at (0, 0).
+fn odometer(dims: &[usize], a: &[usize], b: &[usize], mut f: impl FnMut(usize, usize)) {
+    if dims.contains(&0) {
+        return;
+    }
+    let mut idx = vec![0usize; dims.len()];
+    let (mut oa, mut ob) = (0usize, 0usize);
+    loop {
+        f(oa, ob);
+        let mut d = dims.len();
+        loop {
+            if d == 0 {
+                return;
+            }
+            d -= 1;
+            idx[d] += 1;
+            oa += a[d];
+            ob += b[d];
+            if idx[d] < dims[d] {
+                break;
+            }
+            oa -= a[d] * dims[d];
+            ob -= b[d] * dims[d];
+            idx[d] = 0;
+        }
+    }
+}
+
 /// Visits every output index in row-major order with the matching source offset, where the
 /// source offset advances by `st[axis]` along each output axis.
 fn walk(shape: &[usize], st: &[usize], mut f: impl FnMut(usize, usize)) {
-    let n = numel(shape);
-    if n == 0 {
+    let Some((&inner, lead)) = shape.split_last() else {
+        f(0, 0);
         return;
-    }
-    let r = shape.len();
-    let mut idx = vec![0usize; r];
-    let mut off = 0usize;
-    let inner = if r == 0 { 1 } else { shape[r - 1] };
-    let ist = if r == 0 { 0 } else { st[r - 1] };
-    let mut o = 0;
-    while o < n {
+    };
+    let ist = st[lead.len()];
+    let ost = strides(shape);
+    odometer(lead, &st[..lead.len()], &ost[..lead.len()], |so, oo| {
         for j in 0..inner {
-            f(o + j, off + j * ist);
+            f(oo + j, so + j * ist);
         }
-        o += inner;
-        // Advance the odometer over the leading axes.
-        let mut a = r.saturating_sub(1);
-        while a > 0 {
-            a -= 1;
-            idx[a] += 1;
-            off += st[a];
-            if idx[a] < shape[a] {
-                break;
-            }
-            off -= st[a] * shape[a];
-            idx[a] = 0;
-        }
-    }
+    });
 }
 
 fn strided<T: Copy + Send + Sync>(src: &[T], dst: &mut [T], shape: &[usize], st: &[usize]) {
@@ -85,12 +97,10 @@ fn copy_strided<T: Copy>(src: &[T], dst: &mut [T], shape: &[usize], st: &[usize]
     };
     let ost = strides(shape);
     let (rows, cols, sc, orow) = (shape[a], shape[r - 1], st[r - 1], ost[a]);
-    // The other axes, walked as an odometer: (source, output) offsets of each plane.
+    // The other axes address the planes.
     let outer: Vec<usize> = (0..r - 1).filter(|&x| x != a).collect();
-    let mut idx = vec![0usize; outer.len()];
-    let planes: usize = outer.iter().map(|&x| shape[x]).product();
-    let (mut so, mut oo) = (0usize, 0usize);
-    for _ in 0..planes {
+    let pick = |v: &[usize]| outer.iter().map(|&x| v[x]).collect::<Vec<_>>();
+    odometer(&pick(shape), &pick(st), &pick(&ost), |so, oo| {
         for i0 in (0..rows).step_by(TILE) {
             for j0 in (0..cols).step_by(TILE) {
                 for i in i0..rows.min(i0 + TILE) {
@@ -101,18 +111,7 @@ fn copy_strided<T: Copy>(src: &[T], dst: &mut [T], shape: &[usize], st: &[usize]
                 }
             }
         }
-        for (n, &x) in outer.iter().enumerate().rev() {
-            idx[n] += 1;
-            so += st[x];
-            oo += ost[x];
-            if idx[n] < shape[x] {
-                break;
-            }
-            so -= st[x] * shape[x];
-            oo -= ost[x] * shape[x];
-            idx[n] = 0;
-        }
-    }
+    });
 }
 
 /// Source strides (per output axis) of a permute or broadcast.
@@ -286,6 +285,7 @@ pub fn run(op: &Op, ins: &[In<'_>], out: &mut Out<'_>, shape: &[usize]) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
+    use lorac_compiler::ir::tensor::numel;
 
     /// Tiled transposing copies equal the element-by-element walk (the definition) for
     /// every permutation of rank 2–4 views with odd and tile-straddling extents, and for

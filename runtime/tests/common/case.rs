@@ -1,7 +1,7 @@
 //! The conformance harness: a graph with seeded inputs, run on the reference interpreter
 //! and on each backend, outputs compared within a stated tolerance.
 
-use lorac_compiler::ir::{DType, Graph, InputKind, NodeId, Op, Tensor};
+use lorac_compiler::ir::{DType, Data, Graph, InputKind, NodeId, Op, Tensor};
 use lorac_runtime::exec::{Backend, Program};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -47,37 +47,27 @@ impl Case {
     pub fn input(&mut self, name: &str, shape: &[usize], lo: f32, hi: f32) -> NodeId {
         let n: usize = shape.iter().product();
         let v: Vec<f32> = (0..n).map(|_| self.rng.random_range(lo..hi)).collect();
-        self.inputs
-            .insert(name.into(), Tensor::f32(shape.to_vec(), v));
-        self.g
-            .add(
-                Op::Input {
-                    name: name.into(),
-                    kind: InputKind::Data,
-                    shape: shape.to_vec(),
-                    dtype: DType::F32,
-                },
-                &[],
-            )
-            .unwrap()
+        self.declare(name, Tensor::f32(shape.to_vec(), v))
     }
     /// An i64 input with values in `0..below`.
     pub fn ids(&mut self, name: &str, shape: &[usize], below: i64) -> NodeId {
         let n: usize = shape.iter().product();
         let v: Vec<i64> = (0..n).map(|_| self.rng.random_range(0..below)).collect();
-        self.inputs
-            .insert(name.into(), Tensor::i64(shape.to_vec(), v));
-        self.g
-            .add(
-                Op::Input {
-                    name: name.into(),
-                    kind: InputKind::Data,
-                    shape: shape.to_vec(),
-                    dtype: DType::I64,
-                },
-                &[],
-            )
-            .unwrap()
+        self.declare(name, Tensor::i64(shape.to_vec(), v))
+    }
+    /// A data input node of `t`'s shape and type, fed `t`.
+    fn declare(&mut self, name: &str, t: Tensor) -> NodeId {
+        let op = Op::Input {
+            name: name.into(),
+            kind: InputKind::Data,
+            shape: t.shape.clone(),
+            dtype: match t.data {
+                Data::F32(_) => DType::F32,
+                Data::I64(_) => DType::I64,
+            },
+        };
+        self.inputs.insert(name.into(), t);
+        self.g.add(op, &[]).unwrap()
     }
     /// The outputs on one backend.
     pub fn run_on(&self, be: Backend) -> HashMap<String, Tensor> {

@@ -7,11 +7,11 @@ pub mod phases;
 pub mod wide;
 
 use crate::lower::kernel::Kernel;
-use cranelift_codegen::ir::{types, AbiParam, UserFuncName};
+use cranelift_codegen::ir::{types, AbiParam, Type, UserFuncName};
 use cranelift_codegen::settings::{self, Configurable};
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_jit::{JITBuilder, JITModule};
-use cranelift_module::{default_libcall_names, Linkage, Module};
+use cranelift_module::{default_libcall_names, FuncId, Linkage, Module};
 
 /// A compiled kernel: runs rows `r0..r1` given operand then output base pointers.
 pub type KernelFn = unsafe extern "C" fn(ptrs: *const *mut f32, r0: i64, r1: i64);
@@ -31,6 +31,21 @@ unsafe impl Sync for CpuKernels {}
 
 fn err(e: impl std::fmt::Display) -> String {
     format!("Cranelift: {e}")
+}
+
+/// Declares an imported host function `name(params) -> ret`.
+fn import(
+    module: &mut JITModule,
+    name: &str,
+    params: &[Type],
+    ret: Option<Type>,
+) -> Result<FuncId, String> {
+    let mut sig = module.make_signature();
+    sig.params.extend(params.iter().map(|&t| AbiParam::new(t)));
+    sig.returns.extend(ret.map(AbiParam::new));
+    module
+        .declare_function(name, Linkage::Import, &sig)
+        .map_err(err)
 }
 
 /// Compiles every kernel for the host; maps with exp/erf run in phases where the host has
@@ -79,31 +94,15 @@ pub fn compile_with(kernels: &[Kernel], use_wide: bool) -> Result<CpuKernels, St
     }
     let mut module = JITModule::new(jb);
     let mut lib_ids = vec![];
-    for (i, name) in math::LIBM.iter().enumerate() {
-        let mut sig = module.make_signature();
-        let arity = if math::LIBM[i] == "lorac_powf" { 2 } else { 1 };
-        for _ in 0..arity {
-            sig.params.push(AbiParam::new(types::F32));
-        }
-        sig.returns.push(AbiParam::new(types::F32));
-        lib_ids.push(
-            module
-                .declare_function(name, Linkage::Import, &sig)
-                .map_err(err)?,
-        );
+    for name in math::LIBM {
+        let arity = if name == "lorac_powf" { 2 } else { 1 };
+        let params = vec![types::F32; arity];
+        lib_ids.push(import(&mut module, name, &params, Some(types::F32))?);
     }
     let mut wide_ids = vec![];
     if use_wide {
         for name in wide::NAMES {
-            let mut sig = module.make_signature();
-            for _ in 0..3 {
-                sig.params.push(AbiParam::new(types::I64));
-            }
-            wide_ids.push(
-                module
-                    .declare_function(name, Linkage::Import, &sig)
-                    .map_err(err)?,
-            );
+            wide_ids.push(import(&mut module, name, &[types::I64; 3], None)?);
         }
     }
     let mut ctx = module.make_context();

@@ -11,7 +11,7 @@ use super::wide;
 use crate::lower::kernel::{Form, Inst, Kernel};
 use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{
-    types, BlockArg, FuncRef, InstBuilder, StackSlotData, StackSlotKind, Value,
+    types, Block, BlockArg, FuncRef, InstBuilder, StackSlotData, StackSlotKind, Value,
 };
 use cranelift_frontend::FunctionBuilder;
 use std::collections::HashMap;
@@ -44,11 +44,57 @@ impl Phases {
     }
 }
 
-fn wide_arg(i: &Inst) -> Option<usize> {
+/// A wide instruction's function (index into [`wide::NAMES`]) and argument.
+fn wide_call(i: &Inst) -> Option<(usize, usize)> {
     match *i {
-        Inst::Unary(u, a) if wide::index(u).is_some() => Some(a),
+        Inst::Unary(u, a) => wide::index(u).map(|f| (f, a)),
         _ => None,
     }
+}
+
+/// Whether `i` is computed by a wide call.
+fn is_wide(i: &Inst) -> bool {
+    wide_call(i).is_some()
+}
+
+/// Address of scratch row `s` (rows are `CHUNK` elements apart).
+fn slot_addr(b: &mut FunctionBuilder, scratch: Value, s: usize) -> Value {
+    b.ins().iadd_imm_s(scratch, s as i64 * CHUNK * 4)
+}
+
+/// A counted loop `i = 0, step, 2·step, … < end`, opened by [`open_loop`] (the builder then
+/// sits in its body) and closed by [`close_loop`] (the builder then sits after it).
+struct Loop {
+    hdr: Block,
+    after: Block,
+    i: Value,
+    step: i64,
+}
+
+fn open_loop(b: &mut FunctionBuilder, end: Value, step: i64) -> Loop {
+    let hdr = b.create_block();
+    b.append_block_param(hdr, types::I64);
+    let body = b.create_block();
+    let after = b.create_block();
+    let zero = b.ins().iconst(types::I64, 0);
+    b.ins().jump(hdr, &[BlockArg::Value(zero)]);
+    b.switch_to_block(hdr);
+    let i = b.block_params(hdr)[0];
+    let more = b.ins().icmp(IntCC::SignedLessThan, i, end);
+    b.ins().brif(more, body, &[], after, &[]);
+    b.switch_to_block(body);
+    Loop {
+        hdr,
+        after,
+        i,
+        step,
+    }
+}
+
+fn close_loop(b: &mut FunctionBuilder, l: Loop) {
+    let next = b.ins().iadd_imm_s(l.i, l.step);
+    b.ins().jump(l.hdr, &[BlockArg::Value(next)]);
+    b.switch_to_block(l.after);
 }
 
 fn operands(i: &Inst) -> Vec<usize> {
@@ -65,7 +111,7 @@ fn operands(i: &Inst) -> Vec<usize> {
 pub fn plan(k: &Kernel) -> Option<Phases> {
     let eligible = k.form == Form::Map
         && k.inner / 4 * 4 >= 16
-        && k.body.iter().any(|i| wide_arg(i).is_some())
+        && k.body.iter().any(is_wide)
         && !k.body.iter().any(|i| matches!(i, Inst::Dot(..)));
     if !eligible {
         return None;
@@ -73,15 +119,15 @@ pub fn plan(k: &Kernel) -> Option<Phases> {
     let n = k.body.len();
     let mut level = vec![0usize; n];
     for (i, inst) in k.body.iter().enumerate() {
-        level[i] = match wide_arg(inst) {
-            Some(a) => level[a] + 1,
+        level[i] = match wide_call(inst) {
+            Some((_, a)) => level[a] + 1,
             None => operands(inst).iter().map(|&a| level[a]).max().unwrap_or(0),
         };
     }
     let reread = |v: usize| matches!(k.body[v], Inst::Load(_) | Inst::Const(_));
     let mut crosses = vec![false; n];
     for (u, inst) in k.body.iter().enumerate() {
-        if let Some(a) = wide_arg(inst) {
+        if let Some((_, a)) = wide_call(inst) {
             // The call reads its argument, and writes its result, in scratch.
             crosses[a] = true;
             crosses[u] = true;
@@ -131,44 +177,25 @@ pub(super) fn emit(
         6,
     ));
     let scratch = b.ins().stack_addr(types::I64, ss, 0);
-    let chunk_hdr = b.create_block();
-    b.append_block_param(chunk_hdr, types::I64);
-    let chunk_body = b.create_block();
-    let done = b.create_block();
-    let zero = b.ins().iconst(types::I64, 0);
-    b.ins().jump(chunk_hdr, &[BlockArg::Value(zero)]);
-
-    b.switch_to_block(chunk_hdr);
-    let c0 = b.block_params(chunk_hdr)[0];
-    let more = b.ins().icmp_imm_s(IntCC::SignedLessThan, c0, nvec);
-    b.ins().brif(more, chunk_body, &[], done, &[]);
-
-    b.switch_to_block(chunk_body);
     let end = b.ins().iconst(types::I64, nvec);
+    let chunks = open_loop(b, end, CHUNK);
+    let c0 = chunks.i;
     let rem = b.ins().isub(end, c0);
     let full = b.ins().iconst(types::I64, CHUNK);
     let len = b.ins().umin(rem, full);
-    let slot_addr =
-        |b: &mut FunctionBuilder, s: usize| b.ins().iadd_imm_s(scratch, s as i64 * CHUNK * 4);
     for q in 0..p.phases {
-        if q > 0 {
-            // The wide instructions of level q, over the chunk, in body order.
-            for (w, inst) in k.body.iter().enumerate() {
-                let (Some(a), true) = (wide_arg(inst), p.level[w] == q) else {
-                    continue;
-                };
-                let Inst::Unary(u, _) = *inst else { continue };
-                let f = wide_fns[wide::index(u).expect("a wide instruction")];
-                let src = slot_addr(b, p.slot[a].expect("a wide argument has a slot"));
-                let dst = slot_addr(b, p.slot[w].expect("a wide result has a slot"));
-                b.ins().call(f, &[src, dst, len]);
-            }
+        // The wide instructions of level q (none at level 0), over the chunk, in body order.
+        for (w, inst) in k.body.iter().enumerate() {
+            let Some((f, a)) = wide_call(inst).filter(|_| p.level[w] == q) else {
+                continue;
+            };
+            let src = slot_addr(b, scratch, p.slot[a].expect("a wide argument has a slot"));
+            let dst = slot_addr(b, scratch, p.slot[w].expect("a wide result has a slot"));
+            b.ins().call(wide_fns[f], &[src, dst, len]);
         }
         phase_loop(b, k, p, q, m, rows, outs, c0, len, scratch);
     }
-    let next = b.ins().iadd_imm_s(c0, CHUNK);
-    b.ins().jump(chunk_hdr, &[BlockArg::Value(next)]);
-    b.switch_to_block(done);
+    close_loop(b, chunks);
 }
 
 /// The f32x4 loop of phase `q` over the chunk at `c0` of `len` elements.
@@ -185,23 +212,13 @@ fn phase_loop(
     len: Value,
     scratch: Value,
 ) {
-    let hdr = b.create_block();
-    b.append_block_param(hdr, types::I64);
-    let body = b.create_block();
-    let after = b.create_block();
-    let zero = b.ins().iconst(types::I64, 0);
-    b.ins().jump(hdr, &[BlockArg::Value(zero)]);
-    b.switch_to_block(hdr);
-    let j = b.block_params(hdr)[0];
-    let c = b.ins().icmp(IntCC::SignedLessThan, j, len);
-    b.ins().brif(c, body, &[], after, &[]);
-
-    b.switch_to_block(body);
+    let lp = open_loop(b, len, 4);
+    let j = lp.i;
     let sbyte = b.ins().ishl_imm_u(j, 2);
     let at = b.ins().iadd(c0, j);
     let byte = b.ins().ishl_imm_u(at, 2);
     let row_of = |b: &mut FunctionBuilder, s: usize| {
-        let base = b.ins().iadd_imm_s(scratch, s as i64 * CHUNK * 4);
+        let base = slot_addr(b, scratch, s);
         b.ins().iadd(base, sbyte)
     };
     let mut vals: HashMap<usize, Value> = HashMap::new();
@@ -235,7 +252,7 @@ fn phase_loop(
         x
     };
     for (u, inst) in k.body.iter().enumerate() {
-        if p.level[u] != q || wide_arg(inst).is_some() {
+        if p.level[u] != q || is_wide(inst) {
             continue;
         }
         let x = match *inst {
@@ -253,7 +270,7 @@ fn phase_loop(
     }
     // Values of this level that later phases or calls read, then this level's outputs.
     for v in 0..k.body.len() {
-        if let (Some(s), true) = (p.slot[v], p.level[v] == q && wide_arg(&k.body[v]).is_none()) {
+        if let (Some(s), true) = (p.slot[v], p.level[v] == q && !is_wide(&k.body[v])) {
             let x = get(b, &mut vals, v);
             let a = row_of(b, s);
             b.ins().store(mem(), x, a, 0);
@@ -266,9 +283,7 @@ fn phase_loop(
             b.ins().store(mem(), x, a, 0);
         }
     }
-    let j4 = b.ins().iadd_imm_s(j, 4);
-    b.ins().jump(hdr, &[BlockArg::Value(j4)]);
-    b.switch_to_block(after);
+    close_loop(b, lp);
 }
 
 #[cfg(test)]

@@ -19,16 +19,10 @@ pub fn index(u: UnaryOp) -> Option<usize> {
 }
 
 /// Whether wide calls pay on this host: with AVX-512 they do 16 lanes where inline code
-/// does 4; without it they would only add calls.
+/// does 4; without it they would only add calls. The thin-product kernel's test (it asks
+/// for VL and FMA too, which every AVX-512 CPU has).
 pub fn available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx512f")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    crate::ir::ops::thin::has_avx512()
 }
 
 /// The functions' addresses, in [`NAMES`] order.
