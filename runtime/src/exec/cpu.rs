@@ -2,6 +2,7 @@
 //! calling Cranelift kernels (rows split across threads), gemm for matrix products and the
 //! host ops for the rest.
 
+use super::awake;
 use super::host::{self, In, Out};
 use lorac_compiler::ir::ops::thin;
 use lorac_compiler::ir::ReduceOp;
@@ -24,6 +25,9 @@ pub struct CpuProgram {
     arena: Mutex<Vec<u64>>,
     /// Seconds and calls per step kind, when `LORAC_PROFILE` is set (a developer switch).
     profile: Option<Mutex<HashMap<String, (f64, usize)>>>,
+    /// Keep the other pool threads polling through a run ([`awake`]); `LORAC_NO_KEEP` (a
+    /// developer switch for A/B runs) lets them sleep.
+    keep_awake: bool,
 }
 
 /// Raw base pointers shared with worker threads: a kernel's operands and outputs, or a
@@ -61,6 +65,7 @@ impl CpuProgram {
         let kernels = compile(&plan.kernels)?;
         Ok(CpuProgram {
             profile: std::env::var_os("LORAC_PROFILE").map(|_| Mutex::new(HashMap::new())),
+            keep_awake: std::env::var_os("LORAC_NO_KEEP").is_none(),
             arena: Mutex::new(vec![0u64; mem.peak / 8]),
             plan,
             mem,
@@ -119,8 +124,9 @@ impl CpuProgram {
         // The whole run executes on a pool thread: its parallel steps then fork from a
         // worker (the idle one steals) instead of injecting into the pool from outside and
         // parking this thread on every one of them.
+        // The other pool threads poll for work through the run ([`awake`]).
         let shared = Ptrs(&ptr);
-        rayon::scope(|_| self.steps(shared))?;
+        awake::run(self.keep_awake, || self.steps(shared))?;
         let mut out = HashMap::new();
         for (name, b, shape, dtype) in &self.plan.outputs {
             let len = self.plan.bufs[*b].len;
