@@ -123,9 +123,29 @@ pub fn unary_fn(u: UnaryOp, x: f32) -> f32 {
         UnaryOp::Erf => erf(x),
         UnaryOp::Abs => x.abs(),
         UnaryOp::Sigmoid => 1.0 / (1.0 + expf(-x)),
-        UnaryOp::Relu => x.max(0.0),
+        UnaryOp::Relu => max(x, 0.0),
         UnaryOp::Sin => x.sin(),
         UnaryOp::Cos => x.cos(),
+    }
+}
+
+/// The larger of `x` and `y`: `y` when `y > x` or `x` is NaN, else `x`. A NaN operand is
+/// left out (NaN only when both are), and of equal values (±0) the first is kept: what
+/// `f32::max` gives on x86-64, written out so that every backend can repeat it exactly.
+pub fn max(x: f32, y: f32) -> f32 {
+    if y > x || x.is_nan() {
+        y
+    } else {
+        x
+    }
+}
+
+/// The smaller of `x` and `y`, the mirror of [`max`]: `y` when `y < x` or `x` is NaN, else `x`.
+pub fn min(x: f32, y: f32) -> f32 {
+    if y < x || x.is_nan() {
+        y
+    } else {
+        x
     }
 }
 
@@ -137,8 +157,8 @@ pub fn binary_fn(b: BinaryOp, x: f32, y: f32) -> f32 {
         BinaryOp::Mul => x * y,
         BinaryOp::Div => x / y,
         BinaryOp::Pow => x.powf(y),
-        BinaryOp::Max => x.max(y),
-        BinaryOp::Min => x.min(y),
+        BinaryOp::Max => max(x, y),
+        BinaryOp::Min => min(x, y),
         BinaryOp::Gt => f32::from(x > y),
         BinaryOp::Eq => f32::from(x == y),
     }

@@ -120,6 +120,15 @@ impl Math<'_> {
         self.pick(b, less, x, acc)
     }
 
+    /// `ops::elementwise::{max, min}` lane-wise: `y` where `y cc x` or `x` is NaN, else `x`
+    /// (CLIF's `fmax`/`fmin` would propagate NaN and order -0 below +0).
+    fn pick_max(&self, b: &mut FunctionBuilder, cc: FloatCC, x: Value, y: Value) -> Value {
+        let wins = b.ins().fcmp(cc, y, x);
+        let nan = b.ins().fcmp(FloatCC::Unordered, x, x);
+        let c = b.ins().bor(wins, nan);
+        self.pick(b, c, y, x)
+    }
+
     fn pick(&self, b: &mut FunctionBuilder, c: Value, yes: Value, no: Value) -> Value {
         if self.ty == types::F32X4 {
             let m = b.ins().bitcast(types::F32X4, Self::flags(), c);
@@ -218,7 +227,7 @@ impl Math<'_> {
             }
             UnaryOp::Relu => {
                 let zero = self.k(b, 0.0);
-                b.ins().fmax(x, zero)
+                self.pick_max(b, FloatCC::GreaterThan, x, zero)
             }
             UnaryOp::Sin => self.call(b, 2, &[x]),
             UnaryOp::Cos => self.call(b, 3, &[x]),
@@ -246,8 +255,8 @@ impl Math<'_> {
             BinaryOp::Mul => b.ins().fmul(x, y),
             BinaryOp::Div => b.ins().fdiv(x, y),
             BinaryOp::Pow => self.call(b, 4, &[x, y]),
-            BinaryOp::Max => b.ins().fmax(x, y),
-            BinaryOp::Min => b.ins().fmin(x, y),
+            BinaryOp::Max => self.pick_max(b, FloatCC::GreaterThan, x, y),
+            BinaryOp::Min => self.pick_max(b, FloatCC::LessThan, x, y),
             BinaryOp::Gt => self.mask(b, FloatCC::GreaterThan, x, y),
             BinaryOp::Eq => self.mask(b, FloatCC::Equal, x, y),
         }

@@ -66,6 +66,10 @@ ERF_HORNER
     return x >= 0.0f ? 1.0f - r : r - 1.0f;
 }
 
+// max and min as the reference defines them (ops::elementwise::{max, min}): a NaN operand
+// is left out, and of equal values (+0 and -0) the first is kept.
+__device__ __forceinline__ float lorac_max(float x, float y) { return (y > x || x != x) ? y : x; }
+__device__ __forceinline__ float lorac_min(float x, float y) { return (y < x || x != x) ? y : x; }
 // Butterfly-free tree reduction over the 32 lanes of a warp; lane 0 holds the result.
 __device__ __forceinline__ double lorac_warp_sum(double v) {
     for (int off = 16; off > 0; off >>= 1) v += __shfl_down_sync(0xffffffffu, v, off);
@@ -99,7 +103,7 @@ fn unary(u: UnaryOp, x: &str) -> String {
         UnaryOp::Erf => format!("lorac_erf({x})"),
         UnaryOp::Abs => format!("fabsf({x})"),
         UnaryOp::Sigmoid => format!("1.0f / (1.0f + lorac_exp(-{x}))"),
-        UnaryOp::Relu => format!("fmaxf({x}, 0.0f)"),
+        UnaryOp::Relu => format!("lorac_max({x}, 0.0f)"),
         UnaryOp::Sin => format!("sinf({x})"),
         UnaryOp::Cos => format!("cosf({x})"),
     }
@@ -113,8 +117,8 @@ fn binary(b: BinaryOp, x: &str, y: &str) -> String {
         BinaryOp::Div => format!("{x} / {y}"),
         BinaryOp::Pow => format!("powf({x}, {y})"),
         // Like Rust's f32::max/min: a NaN operand yields the other.
-        BinaryOp::Max => format!("fmaxf({x}, {y})"),
-        BinaryOp::Min => format!("fminf({x}, {y})"),
+        BinaryOp::Max => format!("lorac_max({x}, {y})"),
+        BinaryOp::Min => format!("lorac_min({x}, {y})"),
         BinaryOp::Gt => format!("({x} > {y}) ? 1.0f : 0.0f"),
         BinaryOp::Eq => format!("({x} == {y}) ? 1.0f : 0.0f"),
     }
