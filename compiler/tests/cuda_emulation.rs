@@ -8,6 +8,9 @@
 //! libm), 1e-4 for reductions (the kernels sum in double, `eval_host` in f32). NaN must meet
 //! NaN. Skipped, with a message, when `g++` is missing.
 
+mod common;
+
+use common::{BINARY, UNARY};
 use lorac_compiler::ir::{BinaryOp, ReduceOp, UnaryOp};
 use lorac_compiler::lower::cuda::source;
 use lorac_compiler::lower::kernel::{Access, Form, Inst, Kernel};
@@ -16,31 +19,6 @@ use std::path::Path;
 use std::process::Command;
 
 const SIZES: [usize; 4] = [1, 3, 50, 783];
-const UNARY: [UnaryOp; 12] = [
-    UnaryOp::Neg,
-    UnaryOp::Exp,
-    UnaryOp::Log,
-    UnaryOp::Sqrt,
-    UnaryOp::Recip,
-    UnaryOp::Tanh,
-    UnaryOp::Erf,
-    UnaryOp::Abs,
-    UnaryOp::Sigmoid,
-    UnaryOp::Relu,
-    UnaryOp::Sin,
-    UnaryOp::Cos,
-];
-const BINARY: [BinaryOp; 9] = [
-    BinaryOp::Add,
-    BinaryOp::Sub,
-    BinaryOp::Mul,
-    BinaryOp::Div,
-    BinaryOp::Pow,
-    BinaryOp::Max,
-    BinaryOp::Min,
-    BinaryOp::Gt,
-    BinaryOp::Eq,
-];
 
 /// A map with one output per unary op (of a full operand) and per binary op (against a
 /// per-group row vector), plus a constant and a splat.

@@ -1,6 +1,7 @@
 //! Test-only helpers shared by the runtime's integration tests.
 #![allow(dead_code)]
 
+pub mod adapter_fd;
 pub mod case;
 
 use lorac_compiler::ir::Tensor;
