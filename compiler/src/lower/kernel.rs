@@ -244,6 +244,6 @@ pub fn identity(op: ReduceOp) -> f32 {
 pub fn combine(op: ReduceOp, a: f32, b: f32) -> f32 {
     match op {
         ReduceOp::Sum => a + b,
-        ReduceOp::Max => a.max(b),
+        ReduceOp::Max => crate::ir::ops::elementwise::max(a, b),
     }
 }

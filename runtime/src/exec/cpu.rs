@@ -123,8 +123,8 @@ impl CpuProgram {
         }
         // The whole run executes on a pool thread: its parallel steps then fork from a
         // worker (the idle one steals) instead of injecting into the pool from outside and
-        // parking this thread on every one of them.
-        // The other pool threads poll for work through the run ([`awake`]).
+        // parking this thread on every one of them; the other pool threads poll for work
+        // meanwhile ([`awake`]).
         let shared = Ptrs(&ptr);
         awake::run(self.keep_awake, || self.steps(shared))?;
         let mut out = HashMap::new();

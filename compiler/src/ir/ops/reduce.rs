@@ -59,7 +59,9 @@ pub fn eval(op: &Op, ins: &[&Tensor]) -> Result<Tensor, String> {
             let at = |k: usize| v[(o * n + k) * inner + i];
             out[o * inner + i] = match r {
                 ReduceOp::Sum => sum_f64(n, at) as f32,
-                ReduceOp::Max => (0..n).map(at).fold(f32::NEG_INFINITY, f32::max),
+                ReduceOp::Max => (0..n)
+                    .map(at)
+                    .fold(f32::NEG_INFINITY, super::elementwise::max),
             };
         }
     }

@@ -43,7 +43,7 @@ fn group(b: &mut FunctionBuilder, r: Value, div: usize) -> Value {
 }
 
 /// Folds `y` into the running `acc`. Max is `acc < y ? y : acc` (one `maxps`; CLIF's `fmax`
-/// is a NaN-propagating sequence of ~9): the reference's `f32::max` fold, which leaves NaN out.
+/// is a NaN-propagating sequence of ~9): the reference's `elementwise::max` fold, which leaves NaN out.
 fn combine(b: &mut FunctionBuilder, m: &Math, op: ReduceOp, acc: Value, y: Value) -> Value {
     match op {
         ReduceOp::Sum => b.ins().fadd(acc, y),

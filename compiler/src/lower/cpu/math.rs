@@ -113,8 +113,8 @@ impl Math<'_> {
         self.pick(b, above, hi, x)
     }
 
-    /// `acc < x ? x : acc` lane-wise (x64: one `maxps`): `f32::max` for a non-NaN `acc`, a
-    /// NaN `x` left out as the reference's fold leaves it out.
+    /// `acc < x ? x : acc` lane-wise (x64: one `maxps`): `ops::elementwise::max(acc, x)` for a
+    /// non-NaN `acc` (a NaN `x` left out, as the reference's fold leaves it out).
     pub fn max_into(&self, b: &mut FunctionBuilder, acc: Value, x: Value) -> Value {
         let less = b.ins().fcmp(FloatCC::LessThan, acc, x);
         self.pick(b, less, x, acc)

@@ -76,7 +76,7 @@ __device__ __forceinline__ double lorac_warp_sum(double v) {
     return v;
 }
 __device__ __forceinline__ float lorac_warp_max(float v) {
-    for (int off = 16; off > 0; off >>= 1) v = fmaxf(v, __shfl_down_sync(0xffffffffu, v, off));
+    for (int off = 16; off > 0; off >>= 1) v = lorac_max(v, __shfl_down_sync(0xffffffffu, v, off));
     return v;
 }
 "#;
@@ -116,7 +116,6 @@ fn binary(b: BinaryOp, x: &str, y: &str) -> String {
         BinaryOp::Mul => format!("{x} * {y}"),
         BinaryOp::Div => format!("{x} / {y}"),
         BinaryOp::Pow => format!("powf({x}, {y})"),
-        // Like Rust's f32::max/min: a NaN operand yields the other.
         BinaryOp::Max => format!("lorac_max({x}, {y})"),
         BinaryOp::Min => format!("lorac_min({x}, {y})"),
         BinaryOp::Gt => format!("({x} > {y}) ? 1.0f : 0.0f"),
@@ -214,7 +213,7 @@ pub fn render(k: &Kernel) -> String {
                 ),
                 ReduceOp::Max => (
                     "float acc = __int_as_float(0xff800000);",
-                    format!("acc = fmaxf(acc, v{v});"),
+                    format!("acc = lorac_max(acc, v{v});"),
                     "lorac_warp_max(acc)",
                 ),
             };
@@ -247,7 +246,7 @@ pub fn render(k: &Kernel) -> String {
             let v = k.outputs[0];
             let step = match op {
                 ReduceOp::Sum => format!("acc += (double)v{v};"),
-                ReduceOp::Max => format!("acc = fmaxf(acc, v{v});"),
+                ReduceOp::Max => format!("acc = lorac_max(acc, v{v});"),
             };
             let _ = writeln!(s, "            {step}");
             s += "        }\n";
