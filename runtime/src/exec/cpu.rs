@@ -2,6 +2,7 @@
 //! calling Cranelift kernels (rows split across threads), gemm for matrix products and the
 //! host ops for the rest.
 
+use super::arena::Arena;
 use super::awake;
 use super::host::{self, In, Out};
 use lorac_compiler::ir::ops::thin;
@@ -22,7 +23,7 @@ pub struct CpuProgram {
     /// Where each temporary lives.
     pub mem: MemPlan,
     kernels: CpuKernels,
-    arena: Mutex<Vec<u64>>,
+    arena: Mutex<Arena>,
     /// Seconds and calls per step kind, when `LORAC_PROFILE` is set (a developer switch).
     profile: Option<Mutex<HashMap<String, (f64, usize)>>>,
     /// Keep the other pool threads polling through a run ([`awake`]); `LORAC_NO_KEEP` (a
@@ -66,7 +67,10 @@ impl CpuProgram {
         Ok(CpuProgram {
             profile: std::env::var_os("LORAC_PROFILE").map(|_| Mutex::new(HashMap::new())),
             keep_awake: std::env::var_os("LORAC_NO_KEEP").is_none(),
-            arena: Mutex::new(vec![0u64; mem.peak / 8]),
+            arena: Mutex::new(Arena::new(
+                mem.peak,
+                std::env::var_os("LORAC_NO_HUGE").is_none(),
+            )?),
             plan,
             mem,
             kernels,
@@ -75,7 +79,7 @@ impl CpuProgram {
 
     /// Bytes the executor allocated for temporaries (the memory plan's peak).
     pub fn arena_len_bytes(&self) -> usize {
-        self.arena.lock().map(|a| a.len() * 8).unwrap_or(0)
+        self.arena.lock().map(|a| a.len()).unwrap_or(0)
     }
 
     /// Runs the program; inputs are looked up by name in the maps, in order.
@@ -83,11 +87,11 @@ impl CpuProgram {
         &self,
         inputs: &[&HashMap<String, Tensor>],
     ) -> Result<HashMap<String, Tensor>, String> {
-        let mut arena = self
+        let arena = self
             .arena
             .lock()
             .map_err(|_| "a previous run of this program panicked".to_string())?;
-        let base = arena.as_mut_ptr() as *mut u8;
+        let base = arena.as_mut_ptr();
         let mut ptr: Vec<*mut u8> = Vec::with_capacity(self.plan.bufs.len());
         for (b, buf) in self.plan.bufs.iter().enumerate() {
             ptr.push(match &buf.storage {

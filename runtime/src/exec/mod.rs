@@ -2,6 +2,7 @@
 //! (lowered plan + memory plan + Cranelift kernels + gemm) or the CUDA backend (NVRTC
 //! kernels + cuBLAS).
 
+pub mod arena;
 pub mod awake;
 pub mod cpu;
 pub mod cuda;
