@@ -100,9 +100,32 @@ fn copy_strided<T: Copy>(src: &[T], dst: &mut [T], shape: &[usize], st: &[usize]
     // The other axes address the planes.
     let outer: Vec<usize> = (0..r - 1).filter(|&x| x != a).collect();
     let pick = |v: &[usize]| outer.iter().map(|&x| v[x]).collect::<Vec<_>>();
+    // 4-byte elements (f32) move as whole tiles through registers where the CPU allows.
+    let wide = std::mem::size_of::<T>() == 4 && transpose::available();
     odometer(&pick(shape), &pick(st), &pick(&ost), |so, oo| {
         for i0 in (0..rows).step_by(TILE) {
             for j0 in (0..cols).step_by(TILE) {
+                if wide && i0 + TILE <= rows && j0 + TILE <= cols {
+                    let (s, d) = (so + i0 + j0 * sc, oo + i0 * orow + j0);
+                    // The tile's last read and write lie within the slices (the indexing
+                    // the element loop below does, once per tile).
+                    assert!(
+                        s + (TILE - 1) * sc + TILE <= src.len()
+                            && d + (TILE - 1) * orow + TILE <= dst.len()
+                    );
+                    // SAFETY: T is 4 bytes and Copy (bits move unchanged); the 16 × 16 reads
+                    // from `s` (row stride `sc`) and writes from `d` (row stride `orow`) lie
+                    // between `s`/`d` and the ends just checked.
+                    unsafe {
+                        transpose::tile16(
+                            src.as_ptr().add(s) as *const u32,
+                            sc,
+                            dst.as_mut_ptr().add(d) as *mut u32,
+                            orow,
+                        )
+                    };
+                    continue;
+                }
                 for i in i0..rows.min(i0 + TILE) {
                     let o = oo + i * orow;
                     for j in j0..cols.min(j0 + TILE) {
@@ -112,6 +135,81 @@ fn copy_strided<T: Copy>(src: &[T], dst: &mut [T], shape: &[usize], st: &[usize]
             }
         }
     });
+}
+
+/// A 16 × 16 transpose of 4-byte elements in AVX-512 registers: 16 row loads, 64 shuffles,
+/// 16 row stores, where the element-wise tile loop read a new source line per element.
+mod transpose {
+    /// Whether the CPU has AVX-512F.
+    pub fn available() -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            std::arch::is_x86_feature_detected!("avx512f")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    }
+
+    /// `dst[ii·ds + jj] = src[jj·ss + ii]` for `ii, jj < 16`.
+    ///
+    /// # Safety
+    /// [`available`] must hold, and both 16 × 16 tiles must lie in valid memory.
+    pub unsafe fn tile16(src: *const u32, ss: usize, dst: *mut u32, ds: usize) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the caller's contract.
+        unsafe {
+            avx512(src, ss, dst, ds)
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = (src, ss, dst, ds);
+            unreachable!("transpose::available() is false off x86-64")
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn avx512(src: *const u32, ss: usize, dst: *mut u32, ds: usize) {
+        use std::arch::x86_64::*;
+        let mut r = [_mm512_setzero_si512(); 16];
+        for (jj, v) in r.iter_mut().enumerate() {
+            // SAFETY: within the source tile.
+            *v = unsafe { _mm512_loadu_si512(src.add(jj * ss) as *const __m512i) };
+        }
+        // Rows pairwise by 32-bit element, then by 64-bit pair: afterwards each 128-bit lane
+        // L of r[4g + c] holds column 4L + c of rows 4g..4g+4.
+        let mut t = r;
+        for k in 0..8 {
+            t[2 * k] = _mm512_unpacklo_epi32(r[2 * k], r[2 * k + 1]);
+            t[2 * k + 1] = _mm512_unpackhi_epi32(r[2 * k], r[2 * k + 1]);
+        }
+        for g in 0..4 {
+            let b = 4 * g;
+            r[b] = _mm512_unpacklo_epi64(t[b], t[b + 2]);
+            r[b + 1] = _mm512_unpackhi_epi64(t[b], t[b + 2]);
+            r[b + 2] = _mm512_unpacklo_epi64(t[b + 1], t[b + 3]);
+            r[b + 3] = _mm512_unpackhi_epi64(t[b + 1], t[b + 3]);
+        }
+        // Then the 128-bit lanes: 0x88 takes lanes (0, 2) of each source, 0xdd lanes (1, 3).
+        for c in 0..4 {
+            t[c] = _mm512_shuffle_i32x4::<0x88>(r[c], r[4 + c]);
+            t[4 + c] = _mm512_shuffle_i32x4::<0xdd>(r[c], r[4 + c]);
+            t[8 + c] = _mm512_shuffle_i32x4::<0x88>(r[8 + c], r[12 + c]);
+            t[12 + c] = _mm512_shuffle_i32x4::<0xdd>(r[8 + c], r[12 + c]);
+        }
+        for c in 0..4 {
+            r[c] = _mm512_shuffle_i32x4::<0x88>(t[c], t[8 + c]);
+            r[4 + c] = _mm512_shuffle_i32x4::<0x88>(t[4 + c], t[12 + c]);
+            r[8 + c] = _mm512_shuffle_i32x4::<0xdd>(t[c], t[8 + c]);
+            r[12 + c] = _mm512_shuffle_i32x4::<0xdd>(t[4 + c], t[12 + c]);
+        }
+        for (ii, v) in r.iter().enumerate() {
+            // SAFETY: within the destination tile.
+            unsafe { _mm512_storeu_si512(dst.add(ii * ds) as *mut __m512i, *v) };
+        }
+    }
 }
 
 /// Source strides (per output axis) of a permute or broadcast.
