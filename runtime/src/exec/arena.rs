@@ -44,7 +44,8 @@ impl Arena {
         }
         let fail = || {
             format!(
-                "could not allocate the {} MiB arena",
+                "could not allocate the {} MiB arena for temporaries (a smaller --batch or \
+                 --seq needs less)",
                 bytes.div_ceil(1 << 20)
             )
         };
@@ -146,5 +147,14 @@ mod tests {
         }
         let e = Arena::new(0, true).unwrap();
         assert!(e.is_empty());
+    }
+
+    /// Requests no machine can back are errors that say what to change, not aborts.
+    #[test]
+    fn impossible_sizes_are_errors() {
+        for bytes in [usize::MAX - 1, 1 << 52] {
+            let e = Arena::new(bytes, true).err().expect("no machine maps this");
+            assert!(e.contains("arena") && e.contains("--batch"), "{e}");
+        }
     }
 }
