@@ -101,77 +101,69 @@ fn copy_strided<T: Copy>(src: &[T], dst: &mut [T], shape: &[usize], st: &[usize]
     let outer: Vec<usize> = (0..r - 1).filter(|&x| x != a).collect();
     let pick = |v: &[usize]| outer.iter().map(|&x| v[x]).collect::<Vec<_>>();
     // 4-byte elements (f32) move as whole tiles through registers where the CPU allows.
-    let wide = std::mem::size_of::<T>() == 4 && transpose::available();
+    let wide = std::mem::size_of::<T>() == 4 && ops::thin::has_avx512();
     odometer(&pick(shape), &pick(st), &pick(&ost), |so, oo| {
         for i0 in (0..rows).step_by(TILE) {
             for j0 in (0..cols).step_by(TILE) {
-                if wide && i0 + TILE <= rows && j0 + TILE <= cols {
-                    let (s, d) = (so + i0 + j0 * sc, oo + i0 * orow + j0);
-                    // The tile's last read and write lie within the slices (the indexing
-                    // the element loop below does, once per tile).
-                    assert!(
-                        s + (TILE - 1) * sc + TILE <= src.len()
-                            && d + (TILE - 1) * orow + TILE <= dst.len()
-                    );
-                    // SAFETY: T is 4 bytes and Copy (bits move unchanged); the 16 × 16 reads
-                    // from `s` (row stride `sc`) and writes from `d` (row stride `orow`) lie
-                    // between `s`/`d` and the ends just checked.
-                    unsafe {
-                        transpose::tile16(
-                            src.as_ptr().add(s) as *const u32,
-                            sc,
-                            dst.as_mut_ptr().add(d) as *mut u32,
-                            orow,
-                        )
-                    };
-                    continue;
-                }
-                for i in i0..rows.min(i0 + TILE) {
-                    let o = oo + i * orow;
-                    for j in j0..cols.min(j0 + TILE) {
-                        dst[o + j] = src[so + i + j * sc];
-                    }
-                }
+                let (h, w) = (TILE.min(rows - i0), TILE.min(cols - j0));
+                let (s, d) = (so + i0 + j0 * sc, oo + i0 * orow + j0);
+                tile(src, dst, (s, sc), (d, orow), (h, w), wide);
             }
         }
     });
 }
 
-/// A 16 × 16 transpose of 4-byte elements in AVX-512 registers: 16 row loads, 64 shuffles,
-/// 16 row stores, where the element-wise tile loop read a new source line per element.
-mod transpose {
-    /// Whether the CPU has AVX-512F.
-    pub fn available() -> bool {
+/// One tile of a transposing copy: `dst[d + i·orow + j] = src[s + i + j·sc]` for `i < h`,
+/// `j < w`; a full tile of 4-byte elements goes through AVX-512 registers when `wide`.
+#[inline]
+fn tile<T: Copy>(
+    src: &[T],
+    dst: &mut [T],
+    (s, sc): (usize, usize),
+    (d, orow): (usize, usize),
+    (h, w): (usize, usize),
+    wide: bool,
+) {
+    if wide && h == TILE && w == TILE {
         #[cfg(target_arch = "x86_64")]
         {
-            std::arch::is_x86_feature_detected!("avx512f")
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            false
+            // The tile's last read and write lie within the slices (the indexing the element
+            // loop below does, once per tile).
+            assert!(
+                s + (TILE - 1) * sc + TILE <= src.len()
+                    && d + (TILE - 1) * orow + TILE <= dst.len()
+            );
+            // SAFETY: `wide` means AVX-512 was detected and T is 4 bytes and Copy (bits move
+            // unchanged); every read and write lies between `s`/`d` and the ends just checked.
+            unsafe {
+                transpose::tile16(
+                    src.as_ptr().add(s) as *const u32,
+                    sc,
+                    dst.as_mut_ptr().add(d) as *mut u32,
+                    orow,
+                )
+            };
+            return;
         }
     }
+    for i in 0..h {
+        let o = d + i * orow;
+        for j in 0..w {
+            dst[o + j] = src[s + i + j * sc];
+        }
+    }
+}
 
+/// A 16 × 16 transpose of 4-byte elements in AVX-512 registers: 16 row loads, 64 shuffles,
+/// 16 row stores, where the element-wise tile loop read a new source line per element.
+#[cfg(target_arch = "x86_64")]
+mod transpose {
     /// `dst[ii·ds + jj] = src[jj·ss + ii]` for `ii, jj < 16`.
     ///
     /// # Safety
-    /// [`available`] must hold, and both 16 × 16 tiles must lie in valid memory.
-    pub unsafe fn tile16(src: *const u32, ss: usize, dst: *mut u32, ds: usize) {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: the caller's contract.
-        unsafe {
-            avx512(src, ss, dst, ds)
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            let _ = (src, ss, dst, ds);
-            unreachable!("transpose::available() is false off x86-64")
-        }
-    }
-
-    #[cfg(target_arch = "x86_64")]
+    /// The CPU must have AVX-512F, and both 16 × 16 tiles must lie in valid memory.
     #[target_feature(enable = "avx512f")]
-    unsafe fn avx512(src: *const u32, ss: usize, dst: *mut u32, ds: usize) {
+    pub unsafe fn tile16(src: *const u32, ss: usize, dst: *mut u32, ds: usize) {
         use std::arch::x86_64::*;
         let mut r = [_mm512_setzero_si512(); 16];
         for (jj, v) in r.iter_mut().enumerate() {

@@ -484,12 +484,10 @@ mod avx512 {
             let ahead = AHEAD * b.rs;
             for q in 0..(p1 - p0) as isize {
                 // Never dereferenced past the buffer: prefetches do not fault.
-                for (c, &m) in mask.iter().enumerate() {
-                    if m != 0 {
-                        _mm_prefetch::<_MM_HINT_T0>(
-                            bp.wrapping_offset(ahead).wrapping_add(V::L * c) as *const i8,
-                        );
-                    }
+                for c in 0..C {
+                    _mm_prefetch::<_MM_HINT_T0>(
+                        bp.wrapping_offset(ahead).wrapping_add(V::L * c) as *const i8
+                    );
                 }
                 let mut bv = [V::zero(); C];
                 for c in 0..C {
