@@ -107,7 +107,7 @@ fn transposes_read_by_products_are_strides_not_copies() {
 fn memory_plan_reuses_bytes_and_its_verifier_catches_overlap() {
     let g = ln_gelu();
     let p = lower(&g).unwrap();
-    let m = memplan::plan(&p);
+    let m = memplan::plan(&p, false);
     memplan::verify(&p, &m).unwrap();
     let total: usize = p
         .bufs
@@ -184,4 +184,69 @@ fn kernel_check_refuses_malformed_products() {
     assert!(kernel(factors(), vec![Inst::Load(0)]).check().is_err());
     let early = vec![Inst::Unary(UnaryOp::Neg, 1), Inst::Dot(0, 1)];
     assert!(kernel(factors(), early).check().is_err());
+}
+
+/// `linear → GELU → linear` with the first product also read after the GELU (or not).
+fn mlp(residual: bool) -> Graph {
+    let mut g = Graph::new();
+    let x = input(&mut g, "x", &[64, 96]);
+    let w1 = input(&mut g, "w1", &[96, 96]);
+    let w2 = input(&mut g, "w2", &[96, 96]);
+    let h = g.linear(x, w1, None).unwrap();
+    let a = g.gelu(h).unwrap();
+    let y = g.linear(a, w2, None).unwrap();
+    let y = if residual { g.plus(y, h).unwrap() } else { y };
+    g.set_output("y", y);
+    g
+}
+
+#[test]
+fn maps_write_over_inputs_they_read_last_and_only_then() {
+    let p = lower(&mlp(false)).unwrap();
+    // The GELU map reads the first product for the last time: its output takes those bytes.
+    let (ins, outs) = p
+        .steps
+        .iter()
+        .find_map(|s| match s {
+            Step::Kernel { ins, outs, .. } if ins.len() == 1 && outs.len() == 1 => {
+                Some((ins.clone(), outs.clone()))
+            }
+            _ => None,
+        })
+        .expect("a one-operand GELU map");
+    let (h, a) = (ins[0], outs[0]);
+    let m = memplan::plan(&p, true);
+    memplan::verify(&p, &m).unwrap();
+    assert_eq!(m.offset[a], m.offset[h], "GELU written over its input");
+    let apart = memplan::plan(&p, false);
+    memplan::verify(&p, &apart).unwrap();
+    assert_ne!(apart.offset[a], apart.offset[h]);
+    assert!(m.peak <= apart.peak, "{} vs {}", m.peak, apart.peak);
+    // Without `in_place`, the same placement is an overlap the verifier rejects.
+    let forced = MemPlan {
+        in_place: false,
+        ..m.clone()
+    };
+    assert!(memplan::verify(&p, &forced).is_err());
+
+    // With the residual, the first product is read after the GELU: the GELU may not take
+    // it (the final sum, its last reader, may).
+    let p = lower(&mlp(true)).unwrap();
+    let m = memplan::plan(&p, true);
+    memplan::verify(&p, &m).unwrap();
+    let gelu_out = p
+        .steps
+        .iter()
+        .find_map(|s| match s {
+            Step::Kernel { ins, outs, .. } if ins.len() == 1 && outs.len() == 1 => Some(outs[0]),
+            _ => None,
+        })
+        .expect("a one-operand GELU map");
+    let from = memplan::in_place(&p, &memplan::lifetimes(&p));
+    assert_eq!(from[gelu_out], None, "h is read again after the GELU");
+    let (_, out, _, _) = &p.outputs[0];
+    assert!(
+        from[*out].is_some(),
+        "the residual sum writes over a dying input"
+    );
 }

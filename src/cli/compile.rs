@@ -133,7 +133,8 @@ pub fn run(spec: &Path, o: Options<'_>, color: Color) -> i32 {
         EmitKind::Ir => to_text(&g),
         EmitKind::Plan => match lorac_compiler::lower::plan::lower(&g) {
             Ok(p) => {
-                let mem = lorac_compiler::lower::memplan::plan(&p);
+                // The CPU backend's placement (maps write over dying inputs).
+                let mem = lorac_compiler::lower::memplan::plan(&p, true);
                 lorac_compiler::lower::print::plan(&p, Some(&mem))
             }
             Err(e) => return fail(e.0, color),

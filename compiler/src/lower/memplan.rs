@@ -1,6 +1,9 @@
 //! Memory planning: every temporary gets an offset in one arena, reusing the bytes of buffers
-//! whose last use has passed. A verifier checks that no two live buffers overlap.
+//! whose last use has passed, and (where the backend allows it) letting a map write its
+//! output over an input that it reads for the last time. A verifier checks that no two live
+//! buffers overlap, apart from such hand-overs.
 
+use super::kernel::{Access, Form};
 use super::plan::{Plan, Step, Storage};
 use crate::ir::DType;
 
@@ -16,6 +19,9 @@ pub struct MemPlan {
     pub live: Vec<(usize, usize)>,
     /// Arena size in bytes: the peak of simultaneously live temporaries, after packing.
     pub peak: usize,
+    /// Whether maps may write over a dying input ([`in_place`]); the verifier accepts exactly
+    /// those overlaps when set.
+    pub in_place: bool,
 }
 
 /// Bytes a buffer occupies in the arena.
@@ -56,22 +62,86 @@ pub fn lifetimes(p: &Plan) -> Vec<(usize, usize)> {
     live
 }
 
+/// Whether step `i` may write output `o` over input `b`: `i` is a map whose last read of
+/// `b` is this one, that reads `b` only at the point it writes (`Access::Vec { div: 1 }`),
+/// and both are temporaries of the same type and length. Backends that set
+/// [`MemPlan::in_place`] read every operand at a point before storing any output there.
+fn hands_over(p: &Plan, live: &[(usize, usize)], i: usize, b: usize, o: usize) -> bool {
+    let Step::Kernel { kernel, ins, outs } = &p.steps[i] else {
+        return false;
+    };
+    let k = &p.kernels[*kernel];
+    let (bb, ob) = (&p.bufs[b], &p.bufs[o]);
+    k.form == Form::Map
+        && b != o
+        && outs.contains(&o)
+        && ins.contains(&b)
+        && ins
+            .iter()
+            .zip(&k.operands)
+            .all(|(&q, a)| q != b || *a == Access::Vec { div: 1 })
+        && bb.storage == Storage::Temp
+        && ob.storage == Storage::Temp
+        && bb.dtype == ob.dtype
+        && bb.len == ob.len
+        && bb.len == k.rows * k.inner
+        && live[b].1 == i
+        && live[o].0 == i
+}
+
+/// For each buffer, the input whose bytes it takes over (see [`hands_over`]); each input is
+/// taken by at most one output.
+pub fn in_place(p: &Plan, live: &[(usize, usize)]) -> Vec<Option<usize>> {
+    let mut from = vec![None; p.bufs.len()];
+    let mut taken = vec![false; p.bufs.len()];
+    for (i, s) in p.steps.iter().enumerate() {
+        let Step::Kernel { ins, outs, .. } = s else {
+            continue;
+        };
+        for &o in outs {
+            if let Some(&b) = ins
+                .iter()
+                .find(|&&b| !taken[b] && hands_over(p, live, i, b, o))
+            {
+                from[o] = Some(b);
+                taken[b] = true;
+            }
+        }
+    }
+    from
+}
+
 /// Places every temporary (largest first, lowest free offset among time-overlapping ones).
-pub fn plan(p: &Plan) -> MemPlan {
+/// With `in_place`, a map's output and the input it takes over ([`in_place`]) form one
+/// chain placed as a unit: one offset, live from the first member's start to the last's end.
+pub fn plan(p: &Plan, in_place: bool) -> MemPlan {
     let live = lifetimes(p);
+    let from = if in_place {
+        self::in_place(p, &live)
+    } else {
+        vec![None; p.bufs.len()]
+    };
+    let root = |b: usize| root(&from, b);
+    let is_temp = |b: usize| p.bufs[b].storage == Storage::Temp && live[b].0 != usize::MAX;
+    // Each chain's span, keyed by its first buffer.
+    let mut span: Vec<(usize, usize)> = live.clone();
+    for b in (0..p.bufs.len()).filter(|&b| is_temp(b) && from[b].is_some()) {
+        let r = root(b);
+        span[r] = (span[r].0.min(live[b].0), span[r].1.max(live[b].1));
+    }
     let mut temps: Vec<usize> = (0..p.bufs.len())
-        .filter(|&b| p.bufs[b].storage == Storage::Temp && live[b].0 != usize::MAX)
+        .filter(|&b| is_temp(b) && from[b].is_none())
         .collect();
     let size = |b: usize| bytes(p.bufs[b].dtype, p.bufs[b].len);
-    temps.sort_by_key(|&b| (std::cmp::Reverse(size(b)), live[b].0));
+    temps.sort_by_key(|&b| (std::cmp::Reverse(size(b)), span[b].0));
     let mut offset = vec![None; p.bufs.len()];
-    let mut placed: Vec<(usize, usize, usize)> = vec![]; // (offset, end, buf)
+    let mut placed: Vec<(usize, usize, usize)> = vec![]; // (offset, end, chain)
     let mut peak = 0;
     for b in temps {
-        let (s0, s1) = live[b];
+        let (s0, s1) = span[b];
         let mut busy: Vec<(usize, usize)> = placed
             .iter()
-            .filter(|&&(_, _, o)| live[o].0 <= s1 && s0 <= live[o].1)
+            .filter(|&&(_, _, o)| span[o].0 <= s1 && s0 <= span[o].1)
             .map(|&(a, e, _)| (a, e))
             .collect();
         busy.sort();
@@ -87,15 +157,39 @@ pub fn plan(p: &Plan) -> MemPlan {
         placed.push((at, at + need, b));
         peak = peak.max(at + need);
     }
-    MemPlan { offset, live, peak }
+    for b in (0..p.bufs.len()).filter(|&b| is_temp(b) && from[b].is_some()) {
+        offset[b] = offset[root(b)];
+    }
+    MemPlan {
+        offset,
+        live,
+        peak,
+        in_place,
+    }
+}
+
+/// The first buffer of `b`'s hand-over chain.
+fn root(from: &[Option<usize>], mut b: usize) -> usize {
+    while let Some(a) = from[b] {
+        b = a;
+    }
+    b
 }
 
 /// Checks that no two temporaries live at the same time share bytes, and that every
-/// temporary a step touches has a place inside the arena.
+/// temporary a step touches has a place inside the arena. Lifetimes and hand-overs are
+/// recomputed here, not taken from the planner. With [`MemPlan::in_place`], the one
+/// exception is a map's output at exactly the offset of the input it takes over.
 pub fn verify(p: &Plan, m: &MemPlan) -> Result<(), String> {
+    let live = lifetimes(p);
+    let from = if m.in_place {
+        in_place(p, &live)
+    } else {
+        vec![None; p.bufs.len()]
+    };
     let mut spans: Vec<(usize, usize, usize)> = vec![];
     for (b, buf) in p.bufs.iter().enumerate() {
-        if buf.storage != Storage::Temp || m.live[b].0 == usize::MAX {
+        if buf.storage != Storage::Temp || live[b].0 == usize::MAX {
             continue;
         }
         let at = m.offset[b].ok_or(format!("temporary {b} has no place"))?;
@@ -110,8 +204,9 @@ pub fn verify(p: &Plan, m: &MemPlan) -> Result<(), String> {
     }
     for (i, &(a0, e0, b0)) in spans.iter().enumerate() {
         for &(a1, e1, b1) in &spans[i + 1..] {
-            let time = m.live[b0].0 <= m.live[b1].1 && m.live[b1].0 <= m.live[b0].1;
-            if time && a0 < e1 && a1 < e0 {
+            let time = live[b0].0 <= live[b1].1 && live[b1].0 <= live[b0].1;
+            let handed = a0 == a1 && (from[b1] == Some(b0) || from[b0] == Some(b1));
+            if time && a0 < e1 && a1 < e0 && !handed {
                 return Err(format!(
                     "temporaries {b0} and {b1} are live together and share bytes"
                 ));

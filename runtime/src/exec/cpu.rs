@@ -61,7 +61,8 @@ impl CpuProgram {
     /// [`CpuProgram::new`] with explicit lowering choices (tests compare them).
     pub fn with_lowering(g: &Graph, opt: LowerOptions) -> Result<CpuProgram, String> {
         let plan = lower_with(g, opt).map_err(|e| e.0)?;
-        let mem = memplan::plan(&plan);
+        // Kernels read every operand at a point before storing there (`lower::cpu`).
+        let mem = memplan::plan(&plan, true);
         memplan::verify(&plan, &mem)?;
         let kernels = compile(&plan.kernels)?;
         Ok(CpuProgram {

@@ -139,6 +139,14 @@ pub fn plan(k: &Kernel) -> Option<Phases> {
             }
         }
     }
+    // Outputs are all stored in the last phase, after every operand read there: a map may
+    // write over an operand it reads (`memplan::in_place`), and earlier phases re-read loads.
+    let last = level.iter().copied().max().unwrap_or(0);
+    for &v in &k.outputs {
+        if level[v] < last && !reread(v) {
+            crosses[v] = true;
+        }
+    }
     let mut slot = vec![None; n];
     let mut slots = 0;
     for (v, s) in slot.iter_mut().enumerate() {
@@ -268,7 +276,7 @@ fn phase_loop(
         };
         vals.insert(u, x);
     }
-    // Values of this level that later phases or calls read, then this level's outputs.
+    // Values of this level that later phases or calls read; after the last phase, the outputs.
     for v in 0..k.body.len() {
         if let (Some(s), true) = (p.slot[v], p.level[v] == q && !is_wide(&k.body[v])) {
             let x = get(b, &mut vals, v);
@@ -276,9 +284,9 @@ fn phase_loop(
             b.ins().store(mem(), x, a, 0);
         }
     }
-    for (o, &v) in k.outputs.iter().enumerate() {
-        if p.level[v] == q {
-            let x = get(b, &mut vals, v);
+    if q + 1 == p.phases {
+        let xs: Vec<Value> = k.outputs.iter().map(|&v| get(b, &mut vals, v)).collect();
+        for (o, x) in xs.into_iter().enumerate() {
             let a = b.ins().iadd(outs[o], byte);
             b.ins().store(mem(), x, a, 0);
         }
@@ -338,6 +346,55 @@ mod tests {
             for o in 0..3 {
                 let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
                 assert_eq!(bits(&got[o]), bits(&want[o]), "output {o}, inner {inner}");
+            }
+        }
+    }
+
+    /// Any output may be written over the operand it is computed from (`memplan::in_place`):
+    /// every phase re-reads `x`, and the level-0 output is stored only after the last phase
+    /// has read it, so each output, written in place, still equals the interpreter bit for bit.
+    #[test]
+    fn phased_outputs_may_overwrite_their_operand() {
+        use BinaryOp::*;
+        let body = vec![
+            Inst::Load(0),
+            Inst::Load(1),
+            Inst::Binary(Mul, 0, 1),      // v2: level 0
+            Inst::Unary(UnaryOp::Exp, 0), // v3: level 1, re-reads x
+            Inst::Unary(UnaryOp::Erf, 3), // v4: level 2
+            Inst::Binary(Add, 4, 0),      // v5: level 2, re-reads x
+        ];
+        for inner in [16, 50, 783] {
+            for over in 0..2 {
+                let k = Kernel {
+                    name: "in_place".into(),
+                    form: Form::Map,
+                    rows: 3,
+                    inner,
+                    operands: vec![Access::Vec { div: 1 }, Access::Splat { div: 1 }],
+                    body: body.clone(),
+                    outputs: vec![2, 5],
+                };
+                let x: Vec<f32> = (0..3 * inner)
+                    .map(|i| ((i * 7919 % 1000) as f32 - 500.0) / 300.0)
+                    .collect();
+                let s = [0.5f32, -1.25, 3.0];
+                let mut want = vec![vec![0f32; 3 * inner]; 2];
+                k.eval_host(&[&x, &s], &mut want);
+                let compiled = compile_with(std::slice::from_ref(&k), true).unwrap();
+                let mut got = vec![vec![-7f32; 3 * inner]; 2];
+                got[over] = x.clone();
+                let shared = got[over].as_mut_ptr();
+                let mut ptrs: Vec<*mut f32> = vec![shared, s.as_ptr() as *mut f32];
+                ptrs.extend(got.iter_mut().map(|o| o.as_mut_ptr()));
+                // SAFETY: operands and outputs hold the lengths the kernel reads and writes;
+                // the shared buffer is read at each point before it is written there.
+                unsafe { (compiled.fns[0])(ptrs.as_ptr(), 0, 3) };
+                for o in 0..2 {
+                    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                    let at = format!("output {o}, written over x: {over}, inner {inner}");
+                    assert_eq!(bits(&got[o]), bits(&want[o]), "{at}");
+                }
             }
         }
     }

@@ -82,7 +82,8 @@ pub fn emit(g: &crate::ir::Graph, module_name: &str) -> crate::ir::R<Emitted> {
         strided_views: false,
     };
     let plan = crate::lower::plan::lower_with(g, opt)?;
-    let mem = crate::lower::memplan::plan(&plan);
+    // No hand-overs: rendered kernels declare operands and outputs `__restrict__`.
+    let mem = crate::lower::memplan::plan(&plan, false);
     crate::lower::memplan::verify(&plan, &mem).map_err(crate::ir::IrError)?;
     let m = module(&plan.kernels);
     let launch = launch::plan_json(&plan, &mem, &m.function, module_name);
