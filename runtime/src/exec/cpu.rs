@@ -24,12 +24,21 @@ pub struct CpuProgram {
     pub mem: MemPlan,
     kernels: CpuKernels,
     arena: Mutex<Arena>,
-    /// Seconds and calls per step kind, when `LORAC_PROFILE` is set (a developer switch).
-    profile: Option<Mutex<HashMap<String, (f64, usize)>>>,
+    /// Seconds in the run, seconds re-run at once (with [`CpuProgram::replay`]) and calls per
+    /// step kind, when `LORAC_PROFILE` is set (a developer switch).
+    profile: Option<Mutex<HashMap<String, Timing>>>,
+    /// `LORAC_PROFILE_REPLAY` (with `LORAC_PROFILE`): every step runs twice in a row and the
+    /// profile shows both times, so the second (its data now in cache) tells how much of the
+    /// first was spent waiting for memory. Maps then write no output over an operand (so a
+    /// second run reads what the first did); a replayed run computes the same values.
+    replay: bool,
     /// Keep the other pool threads polling through a run ([`awake`]); `LORAC_NO_KEEP` (a
     /// developer switch for A/B runs) lets them sleep.
     keep_awake: bool,
 }
+
+/// A step kind's profile: seconds in the run, seconds replayed, calls.
+type Timing = (f64, f64, usize);
 
 /// Raw base pointers shared with worker threads: a kernel's operands and outputs, or a
 /// run's resolved buffers (handed to the pool thread that runs the steps).
@@ -62,11 +71,14 @@ impl CpuProgram {
     pub fn with_lowering(g: &Graph, opt: LowerOptions) -> Result<CpuProgram, String> {
         let plan = lower_with(g, opt).map_err(|e| e.0)?;
         // Kernels read every operand at a point before storing there (`lower::cpu`).
-        let mem = memplan::plan(&plan, true);
+        let profile = std::env::var_os("LORAC_PROFILE").map(|_| Mutex::new(HashMap::new()));
+        let replay = profile.is_some() && std::env::var_os("LORAC_PROFILE_REPLAY").is_some();
+        let mem = memplan::plan(&plan, !replay);
         memplan::verify(&plan, &mem)?;
         let kernels = compile(&plan.kernels)?;
         Ok(CpuProgram {
-            profile: std::env::var_os("LORAC_PROFILE").map(|_| Mutex::new(HashMap::new())),
+            profile,
+            replay,
             keep_awake: std::env::var_os("LORAC_NO_KEEP").is_none(),
             arena: Mutex::new(Arena::new(
                 mem.peak,
@@ -160,7 +172,14 @@ impl CpuProgram {
             // SAFETY: every pointer addresses a buffer of the planned length, and the memory
             // plan (verified at build time) keeps live temporaries disjoint.
             unsafe { self.step(step, ptr.0)? };
-            if let (Some(p), Some(t)) = (&self.profile, t) {
+            let first = t.map(|t| t.elapsed().as_secs_f64());
+            let again = std::time::Instant::now();
+            if self.replay {
+                // SAFETY: as above; without hand-overs every step is idempotent.
+                unsafe { self.step(step, ptr.0)? };
+            }
+            let again = again.elapsed().as_secs_f64();
+            if let (Some(p), Some(t)) = (&self.profile, first) {
                 let key = match step {
                     Step::Kernel { kernel, .. } => {
                         let k = &self.plan.kernels[*kernel];
@@ -212,9 +231,10 @@ impl CpuProgram {
                     Step::Host { op, shape, .. } => format!("host {} {shape:?}", op.name()),
                 };
                 if let Ok(mut m) = p.lock() {
-                    let e = m.entry(key).or_insert((0.0, 0));
-                    e.0 += t.elapsed().as_secs_f64();
-                    e.1 += 1;
+                    let e = m.entry(key).or_insert((0.0, 0.0, 0));
+                    e.0 += t;
+                    e.1 += again;
+                    e.2 += 1;
                 }
             }
         }
@@ -504,8 +524,16 @@ impl Drop for CpuProgram {
                 .ok()
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(25);
-            for (k, (s, n)) in v.iter().take(top) {
-                eprintln!("{s:9.4} s {n:6} × {k}");
+            if self.replay {
+                let hot: f64 = v.iter().map(|e| e.1 .1).sum();
+                eprintln!("  (replayed at once: {hot:.3} s; columns: in the run, replayed)");
+            }
+            for (k, (s, h, n)) in v.iter().take(top) {
+                if self.replay {
+                    eprintln!("{s:9.4} s {h:9.4} s {n:6} × {k}");
+                } else {
+                    eprintln!("{s:9.4} s {n:6} × {k}");
+                }
             }
         }
     }
