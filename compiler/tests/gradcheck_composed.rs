@@ -537,10 +537,12 @@ fn routed_project_gradients_and_masks() {
     use lorac_compiler::ir::ops::eval;
     let (t, n, e, d, k) = (5, 19, 4, 2, 2);
     let salts: Vec<u64> = vec![11, 22, 33, 44];
-    let op = Op::RoutedProject {
+    let op = Op::RoutedProject { p: 0.4, k };
+    let keep_op = Op::RoutedKeep {
         p: 0.4,
         salts: salts.clone(),
         k,
+        n,
     };
     // Rows select experts {0, 2}, {1, 3}, {2, 3}, {0, 1}, {1, 2} (logits decide the top 2).
     let sel = [[0, 2], [1, 3], [2, 3], [0, 1], [1, 2]];
@@ -552,7 +554,7 @@ fn routed_project_gradients_and_masks() {
     }
     let mut rng = Rng::new(31);
     let (xv, av) = (rng.vec(t * n, -1.0, 1.0), rng.vec(e * d * n, -1.0, 1.0));
-    let build_op = op.clone();
+    let (build_op, build_keep) = (op.clone(), keep_op.clone());
     let lv = logits.clone();
     check(
         "routed_project",
@@ -565,7 +567,8 @@ fn routed_project_gradients_and_masks() {
             extra.insert("logits".into(), Tensor::f32(vec![t, e], lv));
             extra.insert("seed".into(), Tensor::i64(vec![1], vec![123]));
             let m = g.add(Op::TopKMask { k }, &[l]).unwrap();
-            g.add(build_op, &[ps[0], ps[1], m, s]).unwrap()
+            let keep = g.add(build_keep, &[m, s]).unwrap();
+            g.add(build_op, &[ps[0], ps[1], m, keep]).unwrap()
         },
     );
     // Values: block e of row r is (dropout_e(x) row r) · a[e·d + q], other blocks 0.
@@ -575,7 +578,8 @@ fn routed_project_gradients_and_masks() {
         Tensor::f32(vec![e * d, n], av.clone()),
         Tensor::i64(vec![1], vec![123]),
     );
-    let out = eval(&op, &[&xt, &at, &mask, &st]).unwrap();
+    let keep = eval(&keep_op, &[&mask, &st]).unwrap();
+    let out = eval(&op, &[&xt, &at, &mask, &keep]).unwrap();
     assert_eq!(out.shape, vec![t, e * d]);
     for (r, s) in sel.iter().enumerate() {
         for (ex, &salt) in salts.iter().enumerate() {

@@ -391,22 +391,21 @@ fn routed_ops_match() {
             let mask = c.g.add(Op::TopKMask { k }, &[logits]).unwrap();
             let s = c.ids("seed", &[1], 1 << 40);
             let salts: Vec<u64> = (0..e as u64).map(|i| 0x51ed + 3 * i).collect();
-            let (sl, kk) = (salts.clone(), k);
-            let op = |which: usize| {
-                let (p, salts, k) = (p, sl.clone(), kk);
-                match which {
-                    0 => Op::RoutedProject { p, salts, k },
-                    1 => Op::RoutedExpand { p, salts, k },
-                    _ => Op::RoutedOuter { p, salts, k },
-                }
+            let keep = Op::RoutedKeep {
+                p,
+                salts: salts.clone(),
+                k,
+                n,
             };
-            let proj = c.g.add(op(0), &[x, a, mask, s]).unwrap();
-            let exp = c.g.add(op(1), &[gr, a, mask, s]).unwrap();
-            let out = c.g.add(op(2), &[gr, x, mask, s]).unwrap();
-            c.g.set_output("project", proj);
-            c.g.set_output("expand", exp);
-            c.g.set_output("outer", out);
+            let keep = c.g.add(keep, &[mask, s]).unwrap();
+            let proj = c.g.add(Op::RoutedProject { p, k }, &[x, a, mask, keep]);
+            let exp = c.g.add(Op::RoutedExpand { p, k }, &[gr, a, mask, keep]);
+            let out = c.g.add(Op::RoutedOuter { p, k }, &[gr, x, mask, keep]);
+            c.g.set_output("project", proj.unwrap());
+            c.g.set_output("expand", exp.unwrap());
+            c.g.set_output("outer", out.unwrap());
             c.g.set_output("mask", mask);
+            c.g.set_output("keep", keep);
             c.check(&format!("routed[n={n}, k={k}, d={d}]"), 0.0);
 
             // The oracle.
@@ -557,22 +556,16 @@ fn routed_ops_on_short_rows_and_non_finite_inputs() {
         c.inputs.insert("x".into(), Tensor::f32(vec![rows, n], xv));
         let s = c.ids("seed", &[1], 1 << 40);
         let salts: Vec<u64> = (0..e as u64).map(|i| 0x7a11 + i).collect();
-        let ops = [
-            Op::RoutedProject {
-                p,
-                salts: salts.clone(),
-                k,
-            },
-            Op::RoutedExpand {
-                p,
-                salts: salts.clone(),
-                k,
-            },
-            Op::RoutedOuter { p, salts, k },
-        ];
-        let proj = c.g.add(ops[0].clone(), &[x, a, m, s]).unwrap();
-        let exp = c.g.add(ops[1].clone(), &[gr, a, m, s]).unwrap();
-        let out = c.g.add(ops[2].clone(), &[gr, x, m, s]).unwrap();
+        let keep = c.g.add(Op::RoutedKeep { p, salts, k, n }, &[m, s]).unwrap();
+        let proj =
+            c.g.add(Op::RoutedProject { p, k }, &[x, a, m, keep])
+                .unwrap();
+        let exp =
+            c.g.add(Op::RoutedExpand { p, k }, &[gr, a, m, keep])
+                .unwrap();
+        let out =
+            c.g.add(Op::RoutedOuter { p, k }, &[gr, x, m, keep])
+                .unwrap();
         c.g.set_output("project", proj);
         c.g.set_output("expand", exp);
         c.g.set_output("outer", out);

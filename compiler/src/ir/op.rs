@@ -138,26 +138,37 @@ pub enum Op {
     /// Seeded dropout of operand 0 with drop probability `p`; operand 1 is the run's i64 seed,
     /// `salt` tells sites apart (`ops/random.rs`).
     Dropout { p: f32, salt: u64 },
+    /// The keep bits of routed experts' dropout (`ops/routing.rs`): operands the router's
+    /// top-k mask `[T, E]` and the seed give `[T, k·W]` i64, `W = ⌈n / 64⌉`. Slot `i` of row
+    /// `t` is its `i`-th selected expert `e` (in index order; slots past the selection are 0):
+    /// bit `j mod 64` of word `i·W + j / 64` says whether element `t·n + j` of the stream of
+    /// `Dropout { p, salt: salts[e] }` is kept. Drawn once, read by the three ops below.
+    RoutedKeep {
+        p: f32,
+        salts: Vec<u64>,
+        k: usize,
+        n: usize,
+    },
     /// Top-k routed experts' down-projection under per-expert dropout (top-k sparse dispatch,
     /// `ops/routing.rs`): operands `x[T, n]`, the stacked factors `a[E·d, n]`, the router's
-    /// top-k mask `[T, E]` and the seed give `[T, E·d]`. For row `t` and each expert `e` it
-    /// selects (at most `k`, in index order), block `e` holds `a[e·d + q] · (x[t] ⊙ m)`, `m`
-    /// the mask `Dropout { p, salt: salts[e] }` draws over `x`; other blocks are 0. Each dot
-    /// product is `routing::dot16` of the dropped row (16 interleaved multiply-add chains, a
-    /// fixed tree).
-    RoutedProject { p: f32, salts: Vec<u64>, k: usize },
+    /// top-k mask `[T, E]` and its `RoutedKeep` bits give `[T, E·d]`. For row `t` and each
+    /// expert `e` it selects (at most `k`, in index order), block `e` holds
+    /// `a[e·d + q] · (x[t] ⊙ m)`, `m` the expert's dropout factors (`1 / (1 − p)` where kept,
+    /// else 0); other blocks are 0. Each dot product is `routing::dot16` of the dropped row
+    /// (16 interleaved multiply-add chains, a fixed tree).
+    RoutedProject { p: f32, k: usize },
     /// Routed projection's gradient with respect to `x` (made by autodiff): operands
-    /// `g[T, E·d]`, `a[E·d, n]`, the top-k mask `[T, E]` and the seed give `[T, n]`, row `t`
-    /// summing over its selected experts `e`, in order, `(g[t, block e] · a[block e]) ⊙ m`.
+    /// `g[T, E·d]`, `a[E·d, n]`, the top-k mask `[T, E]` and the keep bits give `[T, n]`, row
+    /// `t` summing over its selected experts `e`, in order, `(g[t, block e] · a[block e]) ⊙ m`.
     /// Each product element is one fused multiply-add chain over the block in order (zero
     /// entries of `g` skipped).
-    RoutedExpand { p: f32, salts: Vec<u64>, k: usize },
+    RoutedExpand { p: f32, k: usize },
     /// Routed projection's gradient with respect to `a` (made by autodiff): operands
-    /// `g[T, E·d]`, `x[T, n]`, the top-k mask `[T, E]` and the seed give `[E·d, n]`: element
-    /// `(e·d + q, j)` sums `g[t, e·d + q] · (x[t, j] · m)` over the rows `t` that select `e`:
-    /// one fused multiply-add chain over each block of `routing::OUTER_ROWS` rows in order,
-    /// the blocks' sums then added in block order.
-    RoutedOuter { p: f32, salts: Vec<u64>, k: usize },
+    /// `g[T, E·d]`, `x[T, n]`, the top-k mask `[T, E]` and the keep bits give `[E·d, n]`:
+    /// element `(e·d + q, j)` sums `g[t, e·d + q] · (x[t, j] · m)` over the rows `t` that
+    /// select `e`: one fused multiply-add chain over each block of `routing::OUTER_ROWS` rows
+    /// in order, the blocks' sums then added in block order.
+    RoutedOuter { p: f32, k: usize },
     /// Element type conversion (1 operand).
     Cast { to: DType },
     /// `X = (A + δI)⁻¹ B` for small SPD blocks `A[..., d, d]`, `B[..., d, c]`; identity when the
@@ -191,9 +202,10 @@ impl Op {
             Op::TopKMask { k } => format!("topk_mask[{k}]"),
             Op::StopGrad => "stop_grad".into(),
             Op::Dropout { p, salt } => format!("dropout[{p}, {salt:#x}]"),
-            Op::RoutedProject { p, k, .. } => format!("routed_project[{p}, k={k}]"),
-            Op::RoutedExpand { p, k, .. } => format!("routed_expand[{p}, k={k}]"),
-            Op::RoutedOuter { p, k, .. } => format!("routed_outer[{p}, k={k}]"),
+            Op::RoutedKeep { p, k, n, .. } => format!("routed_keep[{p}, k={k}, n={n}]"),
+            Op::RoutedProject { p, k } => format!("routed_project[{p}, k={k}]"),
+            Op::RoutedExpand { p, k } => format!("routed_expand[{p}, k={k}]"),
+            Op::RoutedOuter { p, k } => format!("routed_outer[{p}, k={k}]"),
             Op::Cast { to } => format!("cast[{to:?}]"),
             Op::SpdSolve { damping } => format!("spd_solve[{damping}]"),
         }

@@ -314,19 +314,25 @@ pub fn run(op: &Op, ins: &[In<'_>], out: &mut Out<'_>, shape: &[usize]) -> Resul
                 return Ok(());
             }
         }
-        Op::RoutedProject { p, salts, k }
-        | Op::RoutedExpand { p, salts, k }
-        | Op::RoutedOuter { p, salts, k } => {
-            if let (In::F(u, _), In::F(v, vs), In::F(mask, ms), In::I(seed, _), Out::F(o)) =
+        Op::RoutedKeep { p, salts, k, n } => {
+            if let (In::F(mask, ms), In::I(seed, _), Out::I(o)) = (&ins[0], &ins[1], &mut *out) {
+                let seed = seed.first().copied().unwrap_or(0) as u64;
+                let st = ops::routing::streams(seed, salts);
+                super::routed::keep(mask, ms[1], *k, *p, &st, *n, o);
+                return Ok(());
+            }
+        }
+        Op::RoutedProject { p, k } | Op::RoutedExpand { p, k } | Op::RoutedOuter { p, k } => {
+            if let (In::F(u, _), In::F(v, vs), In::F(mask, ms), In::I(keep, _), Out::F(o)) =
                 (&ins[0], &ins[1], &ins[2], &ins[3], &mut *out)
             {
-                let seed = seed.first().copied().unwrap_or(0) as u64;
                 let r = super::routed::Routing {
                     mask,
                     experts: ms[1],
                     k: *k,
-                    p: *p,
-                    streams: ops::routing::streams(seed, salts),
+                    scale: 1.0 / (1.0 - p),
+                    keep,
+                    words: ops::routing::words(vs[1]),
                 };
                 match op {
                     Op::RoutedProject { .. } => super::routed::project(u, v, vs[1], &r, o),

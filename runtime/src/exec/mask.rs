@@ -1,8 +1,10 @@
 //! Dropout factors for runs of consecutive element indices: `out[j]` is
 //! `ops::random::factor_at(stream, first + j, p)`, computed 8 at a time with AVX-512 (64-bit
-//! multiplies) when the CPU has it, bit for bit the same as the scalar definition.
+//! multiplies) when the CPU has it, bit for bit the same as the scalar definition; and the
+//! same draws as keep bits (`routing::keep_words`), with their use as factors.
 
 use lorac_compiler::ir::ops::random::factor_at;
+use lorac_compiler::ir::ops::routing;
 
 /// Fills `out` with the factors of elements `first..first + out.len()` of `stream`.
 pub fn factors(stream: u64, first: u64, p: f32, out: &mut [f32]) {
@@ -32,18 +34,54 @@ pub fn apply(stream: u64, first: u64, p: f32, x: &[f32], out: &mut [f32]) {
     }
 }
 
-/// `acc[j] += v[j] · factor(first + j)` (the product rounded, then the sum).
-pub fn accumulate(stream: u64, first: u64, p: f32, v: &[f32], acc: &mut [f32]) {
+/// Fills `out` (`routing::words(n)` words) with the keep bits of elements
+/// `first..first + n` of `stream`, as `routing::keep_words` defines them.
+pub fn keep_words(stream: u64, first: u64, p: f32, n: usize, out: &mut [i64]) {
     #[cfg(target_arch = "x86_64")]
     {
         if (0.0..=1.0).contains(&p) && has_avx512() {
             // SAFETY: the features the function enables were detected just above.
-            unsafe { avx512::accumulate(stream, first, p, v, acc) };
+            unsafe { avx512::keep_words(stream, first, p, n, out) };
             return;
         }
     }
-    for (j, (a, &v)) in acc.iter_mut().zip(v).enumerate() {
-        *a += v * factor_at(stream, first + j as u64, p);
+    routing::keep_words(stream, first, p, n, out);
+}
+
+/// `out[j] = x[j] · f[j]`, `f[j]` being `scale` where bit `j` of `words` is set, else 0: the
+/// product `apply` forms, from drawn bits.
+pub fn apply_bits(words: &[i64], scale: f32, x: &[f32], out: &mut [f32]) {
+    by_bits::<false>(words, scale, x, out);
+}
+
+/// `acc[j] += v[j] · f[j]` (the product rounded, then the sum), `f` as in [`apply_bits`].
+pub fn accumulate_bits(words: &[i64], scale: f32, v: &[f32], acc: &mut [f32]) {
+    by_bits::<true>(words, scale, v, acc);
+}
+
+/// [`apply_bits`], or with `ACC` [`accumulate_bits`].
+fn by_bits<const ACC: bool>(words: &[i64], scale: f32, x: &[f32], out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if has_avx512() {
+            // SAFETY: the features the function enables were detected just above.
+            unsafe { avx512::apply_bits::<ACC>(words, scale, x, out) };
+            return;
+        }
+    }
+    for (j, (o, &x)) in out.iter_mut().zip(x).enumerate() {
+        let v = x * bit_factor(words, scale, j);
+        *o = if ACC { *o + v } else { v };
+    }
+}
+
+/// Element `j`'s factor: `scale` when kept, else 0.
+#[inline]
+fn bit_factor(words: &[i64], scale: f32, j: usize) -> f32 {
+    if routing::kept(words, j) {
+        scale
+    } else {
+        0.0
     }
 }
 
@@ -139,21 +177,48 @@ mod avx512 {
         }
     }
 
+    /// `super::keep_words`: 16 draws per `keep16`, the last partial group masked to `n`.
     #[target_feature(enable = "avx512f,avx512dq,avx512vl")]
-    pub unsafe fn accumulate(stream: u64, first: u64, p: f32, v: &[f32], acc: &mut [f32]) {
+    pub unsafe fn keep_words(stream: u64, first: u64, p: f32, n: usize, out: &mut [i64]) {
         let threshold = (p as f64 * 16_777_216.0).ceil() as u64;
-        let scale = 1.0 / (1.0 - p);
-        let n = v.len().min(acc.len());
+        out.fill(0);
+        for j in (0..n).step_by(16) {
+            let mut k = keep16(stream, first.wrapping_add(j as u64), threshold) as u64;
+            if n - j < 16 {
+                k &= (1u64 << (n - j)) - 1;
+            }
+            out[j / 64] |= (k << (j % 64)) as i64;
+        }
+    }
+
+    /// `super::apply_bits` (or, with `ACC`, `super::accumulate_bits`) 16 lanes at a time:
+    /// each group's 16 bits select `scale` or 0, then one product (and one sum) per lane.
+    #[target_feature(enable = "avx512f,avx512dq,avx512vl")]
+    pub unsafe fn apply_bits<const ACC: bool>(
+        words: &[i64],
+        scale: f32,
+        x: &[f32],
+        out: &mut [f32],
+    ) {
+        let n = x.len().min(out.len());
         let full = n / 16 * 16;
+        let (zero, kept) = (_mm512_setzero_ps(), _mm512_set1_ps(scale));
         for j in (0..full).step_by(16) {
-            let f = factors16(stream, first.wrapping_add(j as u64), threshold, scale);
+            let k = (words[j / 64] as u64 >> (j % 64)) as u16;
+            let f = _mm512_mask_blend_ps(k, zero, kept);
             // SAFETY: j + 16 <= full <= both lengths.
-            let prod = _mm512_mul_ps(_mm512_loadu_ps(v.as_ptr().add(j)), f);
-            let a = acc.as_mut_ptr().add(j);
-            _mm512_storeu_ps(a, _mm512_add_ps(_mm512_loadu_ps(a), prod));
+            let v = _mm512_mul_ps(_mm512_loadu_ps(x.as_ptr().add(j)), f);
+            let o = out.as_mut_ptr().add(j);
+            let v = if ACC {
+                _mm512_add_ps(_mm512_loadu_ps(o), v)
+            } else {
+                v
+            };
+            _mm512_storeu_ps(o, v);
         }
         for j in full..n {
-            acc[j] += v[j] * super::factor_at(stream, first + j as u64, p);
+            let v = x[j] * super::bit_factor(words, scale, j);
+            out[j] = if ACC { out[j] + v } else { v };
         }
     }
 }
@@ -183,7 +248,8 @@ mod tests {
                 }
             }
         }
-        // `apply` and `accumulate` equal the definitions (NaN and infinities included).
+        // `apply`, `apply_bits` and `accumulate_bits` equal the definitions (NaN and
+        // infinities included).
         for n in [0, 1, 15, 16, 17, 100] {
             let x: Vec<f32> = (0..n)
                 .map(|i| match i % 7 {
@@ -194,15 +260,34 @@ mod tests {
                 .collect();
             let (mut got, mut acc) = (vec![0f32; n], vec![1.5f32; n]);
             apply(0xfeed, 3, 0.3, &x, &mut got);
-            accumulate(0xfeed, 3, 0.3, &x, &mut acc);
+            let mut words = vec![0i64; routing::words(n)];
+            keep_words(0xfeed, 3, 0.3, n, &mut words);
+            let mut by_bits = vec![0f32; n];
+            apply_bits(&words, 1.0 / (1.0 - 0.3), &x, &mut by_bits);
+            accumulate_bits(&words, 1.0 / (1.0 - 0.3), &x, &mut acc);
             for j in 0..n {
                 let f = factor_at(0xfeed, 3 + j as u64, 0.3);
                 assert_eq!(got[j].to_bits(), (x[j] * f).to_bits(), "apply n {n} j {j}");
+                let b = by_bits[j].to_bits();
+                assert_eq!(b, (x[j] * f).to_bits(), "apply_bits n {n} j {j}");
                 assert_eq!(
                     acc[j].to_bits(),
                     (1.5 + x[j] * f).to_bits(),
                     "acc n {n} j {j}"
                 );
+            }
+        }
+        // Keep bits equal the definition's, bits past `n` clear, at every length and
+        // alignment of the first element.
+        for (stream, first) in [(7u64, 0u64), (u64::MAX - 9, 13), (0xabcdef, 1 << 33)] {
+            for p in [0.0f32, 0.05, 0.5, 1.0] {
+                for n in [0, 1, 15, 16, 17, 63, 64, 65, 383, 384, 1536] {
+                    let w = routing::words(n);
+                    let (mut a, mut b) = (vec![-1i64; w], vec![-1i64; w]);
+                    keep_words(stream, first, p, n, &mut a);
+                    routing::keep_words(stream, first, p, n, &mut b);
+                    assert_eq!(a, b, "stream {stream:#x} first {first} p {p} n {n}");
+                }
             }
         }
         // The drop rate is p: 100k draws at p = 0.3.

@@ -1,13 +1,14 @@
-//! Host implementations of routed experts' ops (`ops/routing.rs`): the projection on each
-//! row's selected experts and its two gradients. Each regenerates its dropout masks in
-//! registers (`mask::apply`, `mask::accumulate`: AVX-512) and computes exactly the chains the
-//! reference defines, so the CPU backend and the reference interpreter agree bit for bit.
+//! Host implementations of routed experts' ops (`ops/routing.rs`): the keep bits of every
+//! row's selected experts (drawn once), the projection on them and its two gradients. The
+//! three expand the bits into factors in registers (`mask::apply_bits`,
+//! `mask::accumulate_bits`: AVX-512) and compute exactly the chains the reference defines, so
+//! the CPU backend and the reference interpreter agree bit for bit.
 
 use lorac_compiler::ir::ops::routing::{self, selected};
 use rayon::prelude::*;
 
-/// The routing shared by the three ops: the top-k mask `[T, E]`, `k`, the drop probability
-/// and each expert's dropout stream.
+/// The routing shared by the three ops: the top-k mask `[T, E]`, `k`, a kept element's
+/// factor and the `RoutedKeep` bits.
 pub struct Routing<'a> {
     /// The router's top-k mask, row-major `[T, E]`.
     pub mask: &'a [f32],
@@ -15,10 +16,12 @@ pub struct Routing<'a> {
     pub experts: usize,
     /// Experts per row.
     pub k: usize,
-    /// Drop probability.
-    pub p: f32,
-    /// `random::stream(seed, salts[e])` per expert.
-    pub streams: Vec<u64>,
+    /// `1 / (1 − p)`.
+    pub scale: f32,
+    /// The keep bits, `[T, k, words]`.
+    pub keep: &'a [i64],
+    /// Words per slot (`routing::words(n)`).
+    pub words: usize,
 }
 
 impl Routing<'_> {
@@ -26,10 +29,40 @@ impl Routing<'_> {
         selected(&self.mask[r * self.experts..(r + 1) * self.experts], self.k)
     }
 
-    /// `u = x ⊙` expert `e`'s factors for elements `first..first + x.len()`.
-    fn apply(&self, e: usize, first: usize, x: &[f32], u: &mut [f32]) {
-        super::mask::apply(self.streams[e], first as u64, self.p, x, u);
+    /// The keep words of row `t`'s slot `i`.
+    fn bits(&self, t: usize, i: usize) -> &[i64] {
+        let at = (t * self.k + i) * self.words;
+        &self.keep[at..at + self.words]
     }
+
+    /// `u = x ⊙` the factors of row `t`'s slot `i`.
+    fn apply(&self, t: usize, i: usize, x: &[f32], u: &mut [f32]) {
+        super::mask::apply_bits(self.bits(t, i), self.scale, x, u);
+    }
+}
+
+/// `Op::RoutedKeep`: each row's selected experts' keep bits (`streams[e]`, elements
+/// `t·n ..`), parallel over rows; slots past the selection stay 0.
+#[allow(clippy::too_many_arguments)]
+pub fn keep(
+    mask: &[f32],
+    experts: usize,
+    k: usize,
+    p: f32,
+    streams: &[u64],
+    n: usize,
+    out: &mut [i64],
+) {
+    let w = routing::words(n);
+    out.par_chunks_mut((k * w).max(1))
+        .enumerate()
+        .for_each(|(t, o)| {
+            o.fill(0);
+            let row = &mask[t * experts..(t + 1) * experts];
+            for (i, e) in selected(row, k).enumerate() {
+                super::mask::keep_words(streams[e], (t * n) as u64, p, n, &mut o[i * w..][..w]);
+            }
+        });
 }
 
 /// `Op::RoutedProject`: `x[T, n]`, `a[Q, n]` → `out[T, Q]`, parallel over rows.
@@ -42,8 +75,8 @@ pub fn project(x: &[f32], a: &[f32], n: usize, r: &Routing<'_>, out: &mut [f32])
         || vec![0f32; n],
         |u, (t, o)| {
             o.fill(0.0);
-            for e in r.selected(t) {
-                r.apply(e, t * n, &x[t * n..(t + 1) * n], u);
+            for (i, e) in r.selected(t).enumerate() {
+                r.apply(t, i, &x[t * n..(t + 1) * n], u);
                 for c in e * d..(e + 1) * d {
                     o[c] = dot16(u, &a[c * n..(c + 1) * n]);
                 }
@@ -61,10 +94,10 @@ pub fn expand(g: &[f32], a: &[f32], n: usize, r: &Routing<'_>, out: &mut [f32]) 
         || vec![0f32; n],
         |v, (t, o)| {
             o.fill(0.0);
-            for e in r.selected(t) {
+            for (i, e) in r.selected(t).enumerate() {
                 let gb = &g[t * q + e * d..t * q + (e + 1) * d];
                 expand_rows(gb, &a[e * d * n..(e + 1) * d * n], n, v);
-                super::mask::accumulate(r.streams[e], (t * n) as u64, r.p, v, o);
+                super::mask::accumulate_bits(r.bits(t, i), r.scale, v, o);
             }
         },
     );
@@ -83,8 +116,8 @@ pub fn outer(g: &[f32], x: &[f32], n: usize, r: &Routing<'_>, out: &mut [f32]) {
         let mut acc = vec![0f32; q * n];
         let mut u = vec![0f32; n];
         for t in r0..rows.min(r0 + routing::OUTER_ROWS) {
-            for e in r.selected(t) {
-                r.apply(e, t * n, &x[t * n..(t + 1) * n], &mut u);
+            for (i, e) in r.selected(t).enumerate() {
+                r.apply(t, i, &x[t * n..(t + 1) * n], &mut u);
                 for c in e * d..(e + 1) * d {
                     axpy(g[t * q + c], &u, &mut acc[c * n..(c + 1) * n]);
                 }
@@ -232,8 +265,9 @@ mod tests {
             mask: &mask,
             experts: 2,
             k: 1,
-            p: 0.1,
-            streams: vec![1, 2],
+            scale: 1.0 / 0.9,
+            keep: &[],
+            words: 0,
         };
         let mut out = vec![7f32; 2 * 4];
         project(&[], &[], 0, &r, &mut out);

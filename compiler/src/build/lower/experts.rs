@@ -127,8 +127,8 @@ impl Lowerer<'_> {
     /// Top-k sparse dispatch of `Σ_e w[:, e] · (dropout_e(x) A[e]ᵀ) B[e]ᵀ`: one
     /// `RoutedProject` projects each row on its selected experts' factors under their masks
     /// (the other experts' blocks stay 0), the gate weighs each block, and one product applies
-    /// the stacked `B`. Its gradients (`RoutedExpand`, `RoutedOuter`) regenerate the masks, so
-    /// no dropped copy of `x` is stored.
+    /// the stacked `B`. The masks are drawn once as bits (`RoutedKeep`) and read again by its
+    /// gradients (`RoutedExpand`, `RoutedOuter`), so no dropped copy of `x` is stored.
     #[allow(clippy::too_many_arguments)]
     fn routed_sum(
         &mut self,
@@ -148,12 +148,15 @@ impl Lowerer<'_> {
         let mask = g.reshape(router.mask, &[t, e])?;
         let wf = g.reshape(w, &[t, e])?;
         let a_all = g.reshape(f.a, &[e * f.d, f.n])?;
-        let op = Op::RoutedProject {
+        let keep = Op::RoutedKeep {
             p,
             salts,
             k: router.k,
+            n: f.n,
         };
-        let u = g.add(op, &[xf, a_all, mask, seed])?;
+        let keep = g.add(keep, &[mask, seed])?;
+        let op = Op::RoutedProject { p, k: router.k };
+        let u = g.add(op, &[xf, a_all, mask, keep])?;
         let wc = gate_columns(g, wf, f.d)?;
         let z = g.times(u, wc)?;
         let bp = g.permute(f.b, &[0, 2, 1])?;

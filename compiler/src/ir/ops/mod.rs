@@ -26,7 +26,8 @@ pub fn infer(op: &Op, ins: &Ins<'_>) -> Result<(Vec<usize>, DType), String> {
         | Op::Gather
         | Op::ScatterAdd { .. }
         | Op::SpdSolve { .. }
-        | Op::Dropout { .. } => Some(2),
+        | Op::Dropout { .. }
+        | Op::RoutedKeep { .. } => Some(2),
         Op::RoutedProject { .. } | Op::RoutedExpand { .. } | Op::RoutedOuter { .. } => Some(4),
         Op::Concat { .. } => None,
         _ => Some(1),
@@ -55,9 +56,10 @@ pub fn infer(op: &Op, ins: &Ins<'_>) -> Result<(Vec<usize>, DType), String> {
         }
         Op::Reduce { .. } => reduce::infer(op, ins),
         Op::Dropout { .. } => random::infer(op, ins),
-        Op::RoutedProject { .. } | Op::RoutedExpand { .. } | Op::RoutedOuter { .. } => {
-            routing::infer(op, ins)
-        }
+        Op::RoutedKeep { .. }
+        | Op::RoutedProject { .. }
+        | Op::RoutedExpand { .. }
+        | Op::RoutedOuter { .. } => routing::infer(op, ins),
         Op::MatMul | Op::SpdSolve { .. } => linalg::infer(op, ins),
         Op::Reshape { .. }
         | Op::Permute { .. }
@@ -82,9 +84,10 @@ pub fn eval(op: &Op, ins: &[&Tensor]) -> Result<Tensor, String> {
         Op::Unary(_) | Op::Binary(_) | Op::StopGrad | Op::Cast { .. } => elementwise::eval(op, ins),
         Op::Reduce { .. } => reduce::eval(op, ins),
         Op::Dropout { .. } => random::eval(op, ins),
-        Op::RoutedProject { .. } | Op::RoutedExpand { .. } | Op::RoutedOuter { .. } => {
-            routing::eval(op, ins)
-        }
+        Op::RoutedKeep { .. }
+        | Op::RoutedProject { .. }
+        | Op::RoutedExpand { .. }
+        | Op::RoutedOuter { .. } => routing::eval(op, ins),
         Op::MatMul | Op::SpdSolve { .. } => linalg::eval(op, ins),
         Op::Reshape { .. }
         | Op::Permute { .. }
@@ -110,9 +113,10 @@ pub fn vjp(g: &mut Graph, node: NodeId, dy: NodeId, needs: &[bool]) -> R<Vec<Opt
         }
         Op::Reduce { .. } => reduce::vjp(g, &op, node, &ins, dy, needs),
         Op::Dropout { .. } => random::vjp(g, &op, &ins, dy, needs),
-        Op::RoutedProject { .. } | Op::RoutedExpand { .. } | Op::RoutedOuter { .. } => {
-            routing::vjp(g, &op, &ins, dy, needs)
-        }
+        Op::RoutedKeep { .. }
+        | Op::RoutedProject { .. }
+        | Op::RoutedExpand { .. }
+        | Op::RoutedOuter { .. } => routing::vjp(g, &op, &ins, dy, needs),
         Op::MatMul | Op::SpdSolve { .. } => linalg::vjp(g, &op, node, &ins, dy, needs),
         Op::Reshape { .. }
         | Op::Permute { .. }

@@ -1,10 +1,12 @@
 //! Top-k sparse dispatch of routed experts under per-expert dropout: the down-projection of
 //! each row on its selected experts' factors (`RoutedProject`) and its two gradients
 //! (`RoutedExpand` for the input, `RoutedOuter` for the factors). Slot `i` of a row is its
-//! `i`-th selected expert in index order, on every backend; masks are regenerated from the
-//! seed wherever they are needed, so no `[T, k, n]` dropped copy is ever stored.
+//! `i`-th selected expert in index order, on every backend. The dropout draws are made once
+//! (`RoutedKeep`: one bit per element of each selected expert's row, `[T, k, ⌈n/64⌉]`
+//! words) and read by all three, so no `[T, k, n]` dropped copy is ever stored and no draw
+//! is hashed twice.
 
-use super::random::{factor_at, stream};
+use super::random::{keep_at, stream};
 use super::Ins;
 use crate::ir::graph::{Graph, NodeId, R};
 use crate::ir::op::{DType, Op};
@@ -66,38 +68,68 @@ pub fn expand_row(g: &[f32], a: &[f32], n: usize, out: &mut [f32]) {
     }
 }
 
+/// Words of keep bits per slot for rows of `n` elements.
+pub fn words(n: usize) -> usize {
+    n.div_ceil(64)
+}
+
+/// Whether element `j` is kept, in a slot's words.
+#[inline]
+pub fn kept(w: &[i64], j: usize) -> bool {
+    (w[j / 64] as u64 >> (j % 64)) & 1 == 1
+}
+
+/// Fills `out` (`words(n)` words) with the keep bits of elements `first..first + n` of
+/// `stream` (`random::keep_at`); bits past `n` are 0.
+pub fn keep_words(stream: u64, first: u64, p: f32, n: usize, out: &mut [i64]) {
+    out.fill(0);
+    for j in 0..n {
+        if keep_at(stream, first + j as u64, p) {
+            out[j / 64] |= 1 << (j % 64);
+        }
+    }
+}
+
 /// Per-expert dropout streams of a seed (`random::stream` of each salt).
 pub fn streams(seed: u64, salts: &[u64]) -> Vec<u64> {
     salts.iter().map(|&s| stream(seed, s)).collect()
 }
 
-/// Checks the mask `[T, E]` and the seed; returns `(T, E)`.
-fn mask_and_seed(
-    m: (&[usize], DType),
-    seed: (&[usize], DType),
-    experts: usize,
-) -> Result<(usize, usize), String> {
-    if m.1 != DType::F32 || seed.1 != DType::I64 || seed.0.iter().product::<usize>() != 1 {
-        return Err("routed ops need an f32 top-k mask and one i64 seed".into());
-    }
-    match m.0 {
-        [t, e] if *e == experts && experts > 0 => Ok((*t, *e)),
-        _ => Err(format!("routed ops: mask {:?} for {experts} experts", m.0)),
+/// Checks the top-k mask `[T, E]`; returns `(T, E)`.
+fn mask_shape(m: (&[usize], DType)) -> Result<(usize, usize), String> {
+    match (m.0, m.1) {
+        ([t, e], DType::F32) if *e > 0 => Ok((*t, *e)),
+        _ => Err(format!(
+            "routed ops need an f32 top-k mask [T, E], got {:?}",
+            m.0
+        )),
     }
 }
 
 /// Shape rules.
 pub fn infer(op: &Op, ins: &Ins<'_>) -> Result<(Vec<usize>, DType), String> {
-    let (Op::RoutedProject { salts, .. }
-    | Op::RoutedExpand { salts, .. }
-    | Op::RoutedOuter { salts, .. }) = op
+    if let Op::RoutedKeep { salts, k, n, .. } = op {
+        let (t, e) = mask_shape(ins[0])?;
+        let seed = ins[1];
+        if seed.1 != DType::I64 || seed.0.iter().product::<usize>() != 1 {
+            return Err("routed_keep needs one i64 seed".into());
+        }
+        if e != salts.len() || *k == 0 {
+            return Err(format!(
+                "routed_keep: a mask of {e} experts, {} salts, k = {k}",
+                salts.len()
+            ));
+        }
+        return Ok((vec![t, k * words(*n)], DType::I64));
+    }
+    let (Op::RoutedProject { k, .. } | Op::RoutedExpand { k, .. } | Op::RoutedOuter { k, .. }) = op
     else {
         return Err(format!("not a routing op: {}", op.name()));
     };
     if ins[0].1 != DType::F32 || ins[1].1 != DType::F32 {
         return Err(format!("{} needs f32 values and factors", op.name()));
     }
-    let (t, e) = mask_and_seed(ins[2], ins[3], salts.len())?;
+    let (t, e) = mask_shape(ins[2])?;
     let (u, v) = (ins[0].0, ins[1].0);
     let bad = || {
         format!(
@@ -105,13 +137,13 @@ pub fn infer(op: &Op, ins: &Ins<'_>) -> Result<(Vec<usize>, DType), String> {
             op.name()
         )
     };
-    let (rows, out) = match (op, u, v) {
+    let (rows, out, n) = match (op, u, v) {
         // x[T, n], a[Q, n] → [T, Q]
-        (Op::RoutedProject { .. }, [r, n], [q, na]) if n == na => (*r, vec![*r, *q]),
+        (Op::RoutedProject { .. }, [r, n], [q, na]) if n == na => (*r, vec![*r, *q], *n),
         // g[T, Q], a[Q, n] → [T, n]
-        (Op::RoutedExpand { .. }, [r, q], [qa, n]) if q == qa => (*r, vec![*r, *n]),
+        (Op::RoutedExpand { .. }, [r, q], [qa, n]) if q == qa => (*r, vec![*r, *n], *n),
         // g[T, Q], x[T, n] → [Q, n]
-        (Op::RoutedOuter { .. }, [r, q], [rx, n]) if r == rx => (*r, vec![*q, *n]),
+        (Op::RoutedOuter { .. }, [r, q], [rx, n]) if r == rx => (*r, vec![*q, *n], *n),
         _ => return Err(bad()),
     };
     let q = match op {
@@ -121,24 +153,44 @@ pub fn infer(op: &Op, ins: &Ins<'_>) -> Result<(Vec<usize>, DType), String> {
     if rows != t || q % e != 0 {
         return Err(bad());
     }
+    if ins[3].1 != DType::I64 || ins[3].0 != [t, k * words(n)] {
+        return Err(format!(
+            "{}: keep bits {:?} for {t} rows of {k} slots of {n} elements",
+            op.name(),
+            ins[3].0
+        ));
+    }
     Ok((out, DType::F32))
 }
 
 /// Reference semantics.
 pub fn eval(op: &Op, ins: &[&Tensor]) -> Result<Tensor, String> {
-    let (Op::RoutedProject { p, salts, k }
-    | Op::RoutedExpand { p, salts, k }
-    | Op::RoutedOuter { p, salts, k }) = op
+    if let Op::RoutedKeep { p, salts, k, n } = op {
+        let (m, seed) = (ins[0], ins[1]);
+        let st = streams(seed.i()[0] as u64, salts);
+        let (t, e, w) = (m.shape[0], m.shape[1], words(*n));
+        let mut out = vec![0i64; t * k * w];
+        for r in 0..t {
+            for (i, ex) in selected(&m.f()[r * e..(r + 1) * e], *k).enumerate() {
+                let at = (r * k + i) * w;
+                keep_words(st[ex], (r * n) as u64, *p, *n, &mut out[at..at + w]);
+            }
+        }
+        return Ok(Tensor::i64(vec![t, k * w], out));
+    }
+    let (Op::RoutedProject { p, k } | Op::RoutedExpand { p, k } | Op::RoutedOuter { p, k }) = op
     else {
         return Err(format!("not a routing op: {}", op.name()));
     };
-    let (u, v, m) = (ins[0], ins[1], ins[2]);
-    let st = streams(ins[3].i()[0] as u64, salts);
+    let (u, v, m, keep) = (ins[0], ins[1], ins[2], ins[3].i());
     let (t, e) = (m.shape[0], m.shape[1]);
     let sel = |r: usize| selected(&m.f()[r * e..(r + 1) * e], *k);
-    let masks = |r: usize, e: usize, n: usize| -> Vec<f32> {
+    let scale = 1.0 / (1.0 - p);
+    // The factors of row `r`'s slot `i` (`random::factor_at`'s values, from the bits).
+    let masks = |r: usize, i: usize, n: usize| -> Vec<f32> {
+        let w = &keep[(r * k + i) * words(n)..];
         (0..n)
-            .map(|j| factor_at(st[e], (r * n + j) as u64, *p))
+            .map(|j| if kept(w, j) { scale } else { 0.0 })
             .collect()
     };
     match op {
@@ -149,8 +201,8 @@ pub fn eval(op: &Op, ins: &[&Tensor]) -> Result<Tensor, String> {
             let mut out = vec![0f32; t * q];
             for r in 0..t {
                 let xr = &x[r * n..(r + 1) * n];
-                for ex in sel(r) {
-                    let f = masks(r, ex, n);
+                for (i, ex) in sel(r).enumerate() {
+                    let f = masks(r, i, n);
                     let u: Vec<f32> = xr.iter().zip(&f).map(|(x, f)| x * f).collect();
                     for c in ex * d..(ex + 1) * d {
                         out[r * q + c] = dot16(&u, &a[c * n..(c + 1) * n]);
@@ -166,10 +218,10 @@ pub fn eval(op: &Op, ins: &[&Tensor]) -> Result<Tensor, String> {
             let mut out = vec![0f32; t * n];
             let mut row = vec![0f32; n];
             for r in 0..t {
-                for ex in sel(r) {
+                for (i, ex) in sel(r).enumerate() {
                     let gb = &g[r * q + ex * d..r * q + (ex + 1) * d];
                     expand_row(gb, &a[ex * d * n..(ex + 1) * d * n], n, &mut row);
-                    let f = masks(r, ex, n);
+                    let f = masks(r, i, n);
                     for ((o, &v), &f) in out[r * n..(r + 1) * n].iter_mut().zip(&row).zip(&f) {
                         *o += v * f;
                     }
@@ -185,8 +237,8 @@ pub fn eval(op: &Op, ins: &[&Tensor]) -> Result<Tensor, String> {
             for (b, r0) in (0..t).step_by(OUTER_ROWS).enumerate() {
                 let mut acc = vec![0f32; q * n];
                 for r in r0..t.min(r0 + OUTER_ROWS) {
-                    for ex in sel(r) {
-                        let f = masks(r, ex, n);
+                    for (i, ex) in sel(r).enumerate() {
+                        let f = masks(r, i, n);
                         for c in ex * d..(ex + 1) * d {
                             let gc = g[r * q + c];
                             for j in 0..n {
@@ -217,21 +269,18 @@ pub fn vjp(
     needs: &[bool],
 ) -> R<Vec<Option<NodeId>>> {
     match op {
-        Op::RoutedProject { p, salts, k } => {
-            let (p, salts, k) = (*p, salts.clone(), *k);
+        // Draws: no gradient to the mask or the seed.
+        Op::RoutedKeep { .. } => Ok(vec![None, None]),
+        &Op::RoutedProject { p, k } => {
             let rest = [ins[2], ins[3]];
             let dx = if needs[0] {
-                let op = Op::RoutedExpand {
-                    p,
-                    salts: salts.clone(),
-                    k,
-                };
+                let op = Op::RoutedExpand { p, k };
                 Some(g.add(op, &[dy, ins[1], rest[0], rest[1]])?)
             } else {
                 None
             };
             let da = if needs[1] {
-                let op = Op::RoutedOuter { p, salts, k };
+                let op = Op::RoutedOuter { p, k };
                 Some(g.add(op, &[dy, ins[0], rest[0], rest[1]])?)
             } else {
                 None
