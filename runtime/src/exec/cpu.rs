@@ -70,9 +70,10 @@ impl CpuProgram {
     /// [`CpuProgram::new`] with explicit lowering choices (tests compare them).
     pub fn with_lowering(g: &Graph, opt: LowerOptions) -> Result<CpuProgram, String> {
         let plan = lower_with(g, opt).map_err(|e| e.0)?;
-        // Kernels read every operand at a point before storing there (`lower::cpu`).
         let profile = std::env::var_os("LORAC_PROFILE").map(|_| Mutex::new(HashMap::new()));
         let replay = profile.is_some() && std::env::var_os("LORAC_PROFILE_REPLAY").is_some();
+        // Hand-overs are legal here: kernels read every operand at a point before storing
+        // there (`lower::cpu`).
         let mem = memplan::plan(&plan, !replay);
         memplan::verify(&plan, &mem)?;
         let kernels = compile(&plan.kernels)?;
@@ -172,14 +173,14 @@ impl CpuProgram {
             // SAFETY: every pointer addresses a buffer of the planned length, and the memory
             // plan (verified at build time) keeps live temporaries disjoint.
             unsafe { self.step(step, ptr.0)? };
-            let first = t.map(|t| t.elapsed().as_secs_f64());
-            let again = std::time::Instant::now();
-            if self.replay {
-                // SAFETY: as above; without hand-overs every step is idempotent.
-                unsafe { self.step(step, ptr.0)? };
-            }
-            let again = again.elapsed().as_secs_f64();
-            if let (Some(p), Some(t)) = (&self.profile, first) {
+            if let (Some(p), Some(t)) = (&self.profile, t) {
+                let t = t.elapsed().as_secs_f64();
+                let again = std::time::Instant::now();
+                if self.replay {
+                    // SAFETY: as above; without hand-overs every step is idempotent.
+                    unsafe { self.step(step, ptr.0)? };
+                }
+                let again = again.elapsed().as_secs_f64();
                 let key = match step {
                     Step::Kernel { kernel, .. } => {
                         let k = &self.plan.kernels[*kernel];

@@ -330,7 +330,7 @@ pub fn run(op: &Op, ins: &[In<'_>], out: &mut Out<'_>, shape: &[usize]) -> Resul
                     mask,
                     experts: ms[1],
                     k: *k,
-                    scale: 1.0 / (1.0 - p),
+                    scale: ops::random::kept_factor(*p),
                     keep,
                     words: ops::routing::words(vs[1]),
                 };

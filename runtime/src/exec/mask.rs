@@ -3,7 +3,7 @@
 //! multiplies) when the CPU has it, bit for bit the same as the scalar definition; and the
 //! same draws as keep bits (`routing::keep_words`), with their use as factors.
 
-use lorac_compiler::ir::ops::random::factor_at;
+use lorac_compiler::ir::ops::random::{factor_at, kept_factor};
 use lorac_compiler::ir::ops::routing;
 
 /// Fills `out` with the factors of elements `first..first + out.len()` of `stream`.
@@ -108,7 +108,7 @@ mod avx512 {
     #[target_feature(enable = "avx512f,avx512dq,avx512vl")]
     pub unsafe fn factors(stream: u64, first: u64, p: f32, out: &mut [f32]) {
         let threshold = (p as f64 * 16_777_216.0).ceil() as u64;
-        let scale = 1.0 / (1.0 - p);
+        let scale = super::kept_factor(p);
         let (c1, c2) = (
             _mm512_set1_epi64(0xbf58_476d_1ce4_e5b9_u64 as i64),
             _mm512_set1_epi64(0x94d0_49bb_1331_11eb_u64 as i64),
@@ -163,7 +163,7 @@ mod avx512 {
     #[target_feature(enable = "avx512f,avx512dq,avx512vl")]
     pub unsafe fn apply(stream: u64, first: u64, p: f32, x: &[f32], out: &mut [f32]) {
         let threshold = (p as f64 * 16_777_216.0).ceil() as u64;
-        let scale = 1.0 / (1.0 - p);
+        let scale = super::kept_factor(p);
         let n = x.len().min(out.len());
         let full = n / 16 * 16;
         for j in (0..full).step_by(16) {

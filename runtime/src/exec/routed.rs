@@ -43,7 +43,6 @@ impl Routing<'_> {
 
 /// `Op::RoutedKeep`: each row's selected experts' keep bits (`streams[e]`, elements
 /// `t·n ..`), parallel over rows; slots past the selection stay 0.
-#[allow(clippy::too_many_arguments)]
 pub fn keep(
     mask: &[f32],
     experts: usize,

@@ -34,11 +34,17 @@ pub fn keep(seed: u64, salt: u64, i: u64, p: f32) -> bool {
     keep_at(stream(seed, salt), i, p)
 }
 
-/// The per-element factor of a stream: `1 / (1 − p)` when kept, else 0.
+/// A kept element's factor, `1 / (1 − p)`: what every backend and form of dropout multiplies by.
+#[inline]
+pub fn kept_factor(p: f32) -> f32 {
+    1.0 / (1.0 - p)
+}
+
+/// The per-element factor of a stream: [`kept_factor`] when kept, else 0.
 #[inline]
 pub fn factor_at(stream: u64, i: u64, p: f32) -> f32 {
     if keep_at(stream, i, p) {
-        1.0 / (1.0 - p)
+        kept_factor(p)
     } else {
         0.0
     }

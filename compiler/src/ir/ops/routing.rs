@@ -6,7 +6,7 @@
 //! words) and read by all three, so no `[T, k, n]` dropped copy is ever stored and no draw
 //! is hashed twice.
 
-use super::random::{keep_at, stream};
+use super::random::{keep_at, kept_factor, stream};
 use super::Ins;
 use crate::ir::graph::{Graph, NodeId, R};
 use crate::ir::op::{DType, Op};
@@ -185,7 +185,7 @@ pub fn eval(op: &Op, ins: &[&Tensor]) -> Result<Tensor, String> {
     let (u, v, m, keep) = (ins[0], ins[1], ins[2], ins[3].i());
     let (t, e) = (m.shape[0], m.shape[1]);
     let sel = |r: usize| selected(&m.f()[r * e..(r + 1) * e], *k);
-    let scale = 1.0 / (1.0 - p);
+    let scale = kept_factor(*p);
     // The factors of row `r`'s slot `i` (`random::factor_at`'s values, from the bits).
     let masks = |r: usize, i: usize, n: usize| -> Vec<f32> {
         let w = &keep[(r * k + i) * words(n)..];

@@ -301,6 +301,45 @@ mod tests {
     use crate::lower::cpu::compile_with;
     use crate::lower::kernel::Access;
 
+    /// A map over 3 rows of `inner`: operand 0 read per element, operand 1 once per row.
+    fn map3(inner: usize, body: &[Inst], outputs: &[usize]) -> Kernel {
+        Kernel {
+            name: "phased".into(),
+            form: Form::Map,
+            rows: 3,
+            inner,
+            operands: vec![Access::Vec { div: 1 }, Access::Splat { div: 1 }],
+            body: body.to_vec(),
+            outputs: outputs.to_vec(),
+        }
+    }
+
+    /// Runs `k` compiled with forced phases on `x` and the row scalars `s`, output `over`
+    /// (if any) written over `x`'s own buffer, and checks every output against the kernel
+    /// interpreter bit for bit.
+    fn check_forced(k: &Kernel, x: &[f32], s: &[f32], over: Option<usize>) {
+        let len = k.rows * k.inner;
+        let mut want = vec![vec![0f32; len]; k.outputs.len()];
+        k.eval_host(&[x, s], &mut want);
+        let compiled = compile_with(std::slice::from_ref(k), true).unwrap();
+        let mut got = vec![vec![-7f32; len]; k.outputs.len()];
+        let mut operand = x.to_vec();
+        if let Some(o) = over {
+            got[o] = x.to_vec();
+        }
+        let mut ptrs: Vec<*mut f32> = got.iter_mut().map(|o| o.as_mut_ptr()).collect();
+        let x_ptr = over.map_or(operand.as_mut_ptr(), |o| ptrs[o]);
+        ptrs.splice(0..0, [x_ptr, s.as_ptr() as *mut f32]);
+        // SAFETY: operands and outputs hold the lengths the kernel reads and writes; a shared
+        // buffer is read at each point before it is written there.
+        unsafe { (compiled.fns[0])(ptrs.as_ptr(), 0, k.rows as i64) };
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        for (o, (g, w)) in got.iter().zip(&want).enumerate() {
+            let at = format!("output {o}, written over x: {over:?}, inner {}", k.inner);
+            assert_eq!(bits(g), bits(w), "{at}");
+        }
+    }
+
     /// The phase split computed by compiled code (forced, so on any host: without AVX-512
     /// the calls take their scalar path) equals the kernel interpreter bit for bit: nested
     /// calls, a load as a call's argument, a per-row scalar, values crossing two levels and
@@ -308,7 +347,7 @@ mod tests {
     #[test]
     fn forced_phases_equal_the_interpreter() {
         use BinaryOp::*;
-        let body = vec![
+        let body = [
             Inst::Load(0),                // v0 = x
             Inst::Load(1),                // v1 = per-row scalar
             Inst::Binary(Mul, 0, 1),      // v2 = x·s        (level 0, output)
@@ -320,33 +359,13 @@ mod tests {
             Inst::Binary(Sub, 5, 2),      // v8 (level 1, output)
         ];
         for inner in [16, 50, 513, 783, 1030, 1536] {
-            let k = Kernel {
-                name: "phased".into(),
-                form: Form::Map,
-                rows: 3,
-                inner,
-                operands: vec![Access::Vec { div: 1 }, Access::Splat { div: 1 }],
-                body: body.clone(),
-                outputs: vec![2, 7, 8],
-            };
+            let k = map3(inner, &body, &[2, 7, 8]);
             let p = plan(&k).expect("eligible");
             assert_eq!(p.count(), 3);
             let x: Vec<f32> = (0..3 * inner)
                 .map(|i| ((i * 7919 % 1000) as f32 - 500.0) / 90.0)
                 .collect();
-            let s = [0.5f32, -1.25, 3.0];
-            let mut want = vec![vec![0f32; 3 * inner]; 3];
-            k.eval_host(&[&x, &s], &mut want);
-            let compiled = compile_with(std::slice::from_ref(&k), true).unwrap();
-            let mut got = vec![vec![-7f32; 3 * inner]; 3];
-            let mut ptrs: Vec<*mut f32> = vec![x.as_ptr() as *mut f32, s.as_ptr() as *mut f32];
-            ptrs.extend(got.iter_mut().map(|o| o.as_mut_ptr()));
-            // SAFETY: operands and outputs hold the lengths the kernel reads and writes.
-            unsafe { (compiled.fns[0])(ptrs.as_ptr(), 0, 3) };
-            for o in 0..3 {
-                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
-                assert_eq!(bits(&got[o]), bits(&want[o]), "output {o}, inner {inner}");
-            }
+            check_forced(&k, &x, &[0.5, -1.25, 3.0], None);
         }
     }
 
@@ -356,7 +375,7 @@ mod tests {
     #[test]
     fn phased_outputs_may_overwrite_their_operand() {
         use BinaryOp::*;
-        let body = vec![
+        let body = [
             Inst::Load(0),
             Inst::Load(1),
             Inst::Binary(Mul, 0, 1),      // v2: level 0
@@ -365,36 +384,12 @@ mod tests {
             Inst::Binary(Add, 4, 0),      // v5: level 2, re-reads x
         ];
         for inner in [16, 50, 783] {
+            let k = map3(inner, &body, &[2, 5]);
+            let x: Vec<f32> = (0..3 * inner)
+                .map(|i| ((i * 7919 % 1000) as f32 - 500.0) / 300.0)
+                .collect();
             for over in 0..2 {
-                let k = Kernel {
-                    name: "in_place".into(),
-                    form: Form::Map,
-                    rows: 3,
-                    inner,
-                    operands: vec![Access::Vec { div: 1 }, Access::Splat { div: 1 }],
-                    body: body.clone(),
-                    outputs: vec![2, 5],
-                };
-                let x: Vec<f32> = (0..3 * inner)
-                    .map(|i| ((i * 7919 % 1000) as f32 - 500.0) / 300.0)
-                    .collect();
-                let s = [0.5f32, -1.25, 3.0];
-                let mut want = vec![vec![0f32; 3 * inner]; 2];
-                k.eval_host(&[&x, &s], &mut want);
-                let compiled = compile_with(std::slice::from_ref(&k), true).unwrap();
-                let mut got = vec![vec![-7f32; 3 * inner]; 2];
-                got[over] = x.clone();
-                let shared = got[over].as_mut_ptr();
-                let mut ptrs: Vec<*mut f32> = vec![shared, s.as_ptr() as *mut f32];
-                ptrs.extend(got.iter_mut().map(|o| o.as_mut_ptr()));
-                // SAFETY: operands and outputs hold the lengths the kernel reads and writes;
-                // the shared buffer is read at each point before it is written there.
-                unsafe { (compiled.fns[0])(ptrs.as_ptr(), 0, 3) };
-                for o in 0..2 {
-                    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
-                    let at = format!("output {o}, written over x: {over}, inner {inner}");
-                    assert_eq!(bits(&got[o]), bits(&want[o]), "{at}");
-                }
+                check_forced(&k, &x, &[0.5, -1.25, 3.0], Some(over));
             }
         }
     }
