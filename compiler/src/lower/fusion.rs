@@ -4,6 +4,7 @@
 //! fuse their producers, and which stored readers of a map join its kernel as extra outputs.
 
 use super::plan::{access_for, is_elem, rows_inner, Lower, Strides};
+use crate::ir::ops::linalg::gemm_layout_free;
 use crate::ir::ops::reduce::split;
 use crate::ir::{BinaryOp, DType, NodeId, Op, UnaryOp};
 use std::collections::HashSet;
@@ -132,6 +133,25 @@ impl Lower<'_> {
                 .all(|&u| matches!(self.node(u).op, Op::MatMul) && !self.inline_dot(u))
     }
 
+    /// Every reader of `id` is a product whose rounding does not depend on layout
+    /// ([`gemm_layout_free`]), so it may read `id` through column strides.
+    fn layout_free_readers(&self, id: NodeId) -> bool {
+        self.users(id).iter().all(|&u| {
+            matches!(self.node(u).op, Op::MatMul) && {
+                let (m, k, n) = self.product_dims(u);
+                gemm_layout_free(m, k, n)
+            }
+        })
+    }
+
+    /// `(m, k, n)` of each matrix of the batched product `id`.
+    fn product_dims(&self, id: NodeId) -> (usize, usize, usize) {
+        let ops = self.g.inputs(id);
+        let (sa, sb) = (self.g.shape(ops[0]), self.g.shape(ops[1]));
+        let r = sa.len();
+        (sa[r - 2], sa[r - 1], sb[r - 1])
+    }
+
     /// A permute (not a plain transpose) only matrix products read: they read its operand's
     /// buffer through strides.
     pub(super) fn virtual_perm(&self, id: NodeId) -> bool {
@@ -142,7 +162,8 @@ impl Lower<'_> {
         self.opt.strided_views
             && !self.virtual_t(id)
             && !self.outputs.contains(&id)
-            && Strides::of_permute(src, perm).is_some_and(|v| v.rows_contiguous())
+            && Strides::of_permute(src, perm)
+                .is_some_and(|v| v.rows_contiguous() || self.layout_free_readers(id))
             && self
                 .users(id)
                 .iter()
@@ -221,8 +242,9 @@ impl Lower<'_> {
         if users.iter().any(|&u| u != p) || self.virtual_t(p) || self.virtual_perm(p) {
             return None;
         }
+        let (m, k, n) = self.product_dims(id);
         Strides::into_permute(self.g.shape(id), perm)
-            .filter(Strides::rows_contiguous)
+            .filter(|v| v.rows_contiguous() || gemm_layout_free(m, k, n))
             .map(|v| (p, v))
     }
 

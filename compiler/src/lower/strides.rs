@@ -61,9 +61,11 @@ impl Strides {
         }
     }
 
-    /// Rows are contiguous, as in a stored row-major matrix. Only such views are folded:
-    /// `gemm` picks its kernel by layout, and a column-strided operand rounds differently
-    /// from the row-major copy the reference interpreter multiplies.
+    /// Rows are contiguous, as in a stored row-major matrix. Such views are folded into any
+    /// product; a column-strided one only into products whose rounding `gemm` keeps whatever
+    /// the layout (`ops::linalg::gemm_layout_free`): for thin ones it picks its kernel by
+    /// layout, and a column-strided operand rounds differently from the row-major copy the
+    /// reference interpreter multiplies.
     pub fn rows_contiguous(&self) -> bool {
         self.col == 1
     }

@@ -93,6 +93,17 @@ pub fn gemm_rowmajor(m: usize, k: usize, n: usize, a: &[f32], b: &[f32], out: &m
     }
 }
 
+/// Whether `gemm` rounds `[m×k] @ [k×n]` the same whatever the strides of its operands and
+/// result, so the CPU executor may read a permuted view (a head's `Kᵀ`) or write a permuted
+/// result in place while the reference interpreter multiplies row-major copies. With both
+/// output sides above 16 it does; at 16 or below it takes other kernels whose rounding
+/// depends on layout (a probe over every `m, n ≤ 40` found mismatches at 16, none from 17).
+/// Limited to products below 2²⁰ multiply-adds, which run on one thread each, and checked
+/// over that domain by `compiler/tests/gemm_layout.rs`.
+pub fn gemm_layout_free(m: usize, k: usize, n: usize) -> bool {
+    m.min(n) > 16 && m.saturating_mul(k).saturating_mul(n) < 1 << 20
+}
+
 /// Solves `(A + δI) X = B` by Cholesky in f64; returns `None` when A + δI is not SPD.
 pub fn spd_solve(a: &[f32], b: &[f32], d: usize, c: usize, damping: f64) -> Option<Vec<f32>> {
     let mut l = vec![0f64; d * d];
