@@ -363,3 +363,66 @@ fn verify_rejects_corrupted_graphs() {
     g.g.add_edge(z, y, 1);
     assert!(verify(&g).is_err());
 }
+
+/// A routed op's keep bits must come from a `RoutedKeep` of its own dropout rate, slot count
+/// and row width. Shapes alone cannot tell: rows of 380 and 384 both take 6 words, and
+/// k = 2 with 6 words is k = 3 with 4.
+#[test]
+fn routed_ops_take_keep_bits_drawn_for_them() {
+    let (t, e, q) = (5, 4, 8);
+    let (mut g, ids) = operands(&[
+        (&[t, e], F32),
+        (&[1], I64),
+        (&[t, 384], F32),
+        (&[q, 384], F32),
+        (&[t, 380], F32),
+        (&[q, 380], F32),
+        (&[t, 12], I64),
+        (&[t, 256], F32),
+        (&[q, 256], F32),
+    ]);
+    let (mask, seed, x, a, x380, a380, raw, x256, a256) = (
+        ids[0], ids[1], ids[2], ids[3], ids[4], ids[5], ids[6], ids[7], ids[8],
+    );
+    let salts: Vec<u64> = (0..e as u64).collect();
+    let keep = |g: &mut Graph, p: f32, k: usize, n: usize| {
+        let op = Op::RoutedKeep {
+            p,
+            salts: salts.clone(),
+            k,
+            n,
+        };
+        try_add(g, &op, &[mask, seed]).unwrap()
+    };
+    let k384 = keep(&mut g, 0.1, 2, 384);
+    let other_p = keep(&mut g, 0.2, 2, 384);
+    let k380 = keep(&mut g, 0.1, 2, 380);
+    let k3 = keep(&mut g, 0.1, 3, 256);
+    let project = Op::RoutedProject { p: 0.1, k: 2 };
+    try_add(&mut g, &project, &[x, a, mask, k384]).unwrap();
+    for (why, ins) in [
+        ("another rate", [x, a, mask, other_p]),
+        ("another width, same words", [x, a, mask, k380]),
+        ("another k, same words", [x256, a256, mask, k3]),
+        ("not drawn by routed_keep", [x, a, mask, raw]),
+    ] {
+        let e = try_add(&mut g, &project, &ins).expect_err(why);
+        assert!(e.contains("keep bits"), "{why}: {e}");
+    }
+    // The gradients' bits cover the rows of the factors (input gradient) and of x (the
+    // factors' gradient).
+    let gr = try_add(&mut g, &project, &[x380, a380, mask, k380]).unwrap();
+    for op in [
+        Op::RoutedExpand { p: 0.1, k: 2 },
+        Op::RoutedOuter { p: 0.1, k: 2 },
+    ] {
+        let y = if matches!(op, Op::RoutedExpand { .. }) {
+            a380
+        } else {
+            x380
+        };
+        try_add(&mut g, &op, &[gr, y, mask, k380]).unwrap();
+        assert!(try_add(&mut g, &op, &[gr, y, mask, k384]).is_err());
+    }
+    verify(&g).unwrap();
+}

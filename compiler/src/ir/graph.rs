@@ -64,6 +64,10 @@ impl Graph {
             .collect();
         let (shape, dtype) =
             ops::infer(&op, &ins).map_err(|e| IrError(format!("{}: {e}", op.name())))?;
+        if let Some(&keep) = inputs.get(3) {
+            ops::routing::check_keep(&op, &self.g[keep].op, &ins)
+                .map_err(|e| IrError(format!("{}: {e}", op.name())))?;
+        }
         let id = self.g.add_node(Node {
             op,
             shape,

@@ -6,7 +6,8 @@ use super::ops;
 use petgraph::Direction;
 
 /// Checks: acyclic; operand indices are 0..n without gaps; re-inferred shapes and dtypes
-/// equal the stored ones; outputs and inputs exist; input names are unique.
+/// equal the stored ones; routed ops' keep bits come from a matching `RoutedKeep`; outputs
+/// and inputs exist; input names are unique.
 pub fn verify(g: &Graph) -> Result<(), String> {
     g.topo().map_err(|e| e.0)?;
     let mut names = std::collections::HashSet::new();
@@ -31,6 +32,10 @@ pub fn verify(g: &Graph) -> Result<(), String> {
             .collect();
         let (shape, dtype) = ops::infer(&node.op, &ins)
             .map_err(|e| format!("node {} ({}): {e}", id.index(), node.op.name()))?;
+        if let Some(&keep) = g.inputs(id).get(3) {
+            ops::routing::check_keep(&node.op, &g.node(keep).op, &ins)
+                .map_err(|e| format!("node {} ({}): {e}", id.index(), node.op.name()))?;
+        }
         if shape != node.shape || dtype != node.dtype {
             return Err(format!(
                 "node {} ({}) is typed {:?}{:?} but its operands give {dtype:?}{shape:?}",

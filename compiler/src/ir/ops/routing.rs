@@ -106,6 +106,43 @@ fn mask_shape(m: (&[usize], DType)) -> Result<(usize, usize), String> {
     }
 }
 
+/// A routed op's keep bits (operand 3) must come from a `RoutedKeep` of the same dropout
+/// rate, slot count and row width: shapes alone cannot tell (another width or `k` can give
+/// the same word count). Other ops pass.
+pub fn check_keep(op: &Op, keep: &Op, ins: &Ins<'_>) -> Result<(), String> {
+    let (Op::RoutedProject { p, k } | Op::RoutedExpand { p, k } | Op::RoutedOuter { p, k }) = op
+    else {
+        return Ok(());
+    };
+    // The row width the bits cover: x.s for the projection and the factors' gradient, the
+    // factors' for the input gradient (`infer` checked the shapes agree).
+    let n = match op {
+        Op::RoutedProject { .. } => ins[0].0[1],
+        _ => ins[1].0[1],
+    };
+    match keep {
+        Op::RoutedKeep {
+            p: kp,
+            k: kk,
+            n: kn,
+            ..
+        } if kp.to_bits() == p.to_bits() && kk == k && *kn == n => Ok(()),
+        Op::RoutedKeep {
+            p: kp,
+            k: kk,
+            n: kn,
+            ..
+        } => Err(format!(
+            "keep bits drawn for p = {kp}, k = {kk}, rows of {kn}; this op has p = {p}, \
+             k = {k}, rows of {n}"
+        )),
+        other => Err(format!(
+            "keep bits must come from routed_keep, not {}",
+            other.name()
+        )),
+    }
+}
+
 /// Shape rules.
 pub fn infer(op: &Op, ins: &Ins<'_>) -> Result<(Vec<usize>, DType), String> {
     if let Op::RoutedKeep { salts, k, n, .. } = op {
