@@ -4,12 +4,16 @@
 //! computes. If a `gemm` upgrade changes its kernels, this fails before any training step
 //! drifts from the reference.
 
+mod common;
+
+use common::gradcheck::Rng;
 use lorac_compiler::ir::ops::linalg::gemm_layout_free;
 
 /// `out[m×n] = a @ b` through `gemm` with the given element strides (`rs`, `cs`) of `a`, `b`
-/// and the result, returned row-major.
+/// and the result, returned row-major; `par` splits it over rayon's threads.
 #[allow(clippy::too_many_arguments)]
 fn product(
+    par: bool,
     (m, k, n): (usize, usize, usize),
     a: &[f32],
     (ars, acs): (usize, usize),
@@ -39,7 +43,11 @@ fn product(
             false,
             false,
             false,
-            gemm::Parallelism::None,
+            if par {
+                gemm::Parallelism::Rayon(0)
+            } else {
+                gemm::Parallelism::None
+            },
         );
     }
     let mut r = vec![0f32; m * n];
@@ -51,18 +59,6 @@ fn product(
     r
 }
 
-/// Seeded values in [-1, 1) (a 64-bit LCG; the values only need to be irregular).
-fn values(len: usize, seed: &mut u64) -> Vec<f32> {
-    (0..len)
-        .map(|_| {
-            *seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (*seed >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-        })
-        .collect()
-}
-
 /// Transposed copy of a row-major `rows × cols` matrix.
 fn transposed(x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     (0..rows * cols)
@@ -72,7 +68,7 @@ fn transposed(x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
 
 #[test]
 fn gemm_rounds_the_same_for_every_layout_inside_the_domain() {
-    let mut seed = 17;
+    let mut rng = Rng::new(17);
     // Sides below 17 are outside the domain: they catch a domain drawn too wide.
     let sides = [5, 9, 12, 16, 17, 20, 33, 64, 128];
     let inner = [1, 2, 7, 16, 17, 32, 64, 100, 128, 257, 700];
@@ -87,21 +83,33 @@ fn gemm_rounds_the_same_for_every_layout_inside_the_domain() {
     shapes.retain(|&(m, k, n)| gemm_layout_free(m, k, n));
     assert!(shapes.len() > 150, "the grid covers the domain");
     for (m, k, n) in shapes {
-        let (a, b) = (values(m * k, &mut seed), values(k * n, &mut seed));
+        let (a, b) = (rng.vec(m * k, -1.0, 1.0), rng.vec(k * n, -1.0, 1.0));
         let (at, bt) = (transposed(&a, m, k), transposed(&b, k, n));
         let dims = (m, k, n);
-        let want = product(dims, &a, (k, 1), &b, (n, 1), (n, 1));
-        for (name, got) in [
-            ("bᵀ", product(dims, &a, (k, 1), &bt, (1, k), (n, 1))),
-            ("aᵀ", product(dims, &at, (1, m), &b, (n, 1), (n, 1))),
-            ("outᵀ", product(dims, &a, (k, 1), &b, (n, 1), (1, m))),
-            ("all", product(dims, &at, (1, m), &bt, (1, k), (1, m))),
-        ] {
-            let same = got
-                .iter()
-                .zip(&want)
-                .all(|(x, y)| x.to_bits() == y.to_bits());
-            assert!(same, "{m}×{k}×{n} with {name} rounds differently");
+        // The reference's product: row-major, one thread below 2²⁰ multiply-adds.
+        let want = product(false, dims, &a, (k, 1), &b, (n, 1), (n, 1));
+        // The executor splits single products from 2¹⁸ multiply-adds over its threads.
+        let pars: &[bool] = if m * k * n >= 1 << 18 {
+            &[false, true]
+        } else {
+            &[false]
+        };
+        for &par in pars {
+            for (name, got) in [
+                ("bᵀ", product(par, dims, &a, (k, 1), &bt, (1, k), (n, 1))),
+                ("aᵀ", product(par, dims, &at, (1, m), &b, (n, 1), (n, 1))),
+                ("outᵀ", product(par, dims, &a, (k, 1), &b, (n, 1), (1, m))),
+                ("all", product(par, dims, &at, (1, m), &bt, (1, k), (1, m))),
+            ] {
+                let same = got
+                    .iter()
+                    .zip(&want)
+                    .all(|(x, y)| x.to_bits() == y.to_bits());
+                assert!(
+                    same,
+                    "{m}×{k}×{n} with {name} (threads: {par}) rounds differently"
+                );
+            }
         }
     }
 }

@@ -366,7 +366,7 @@ fn verify_rejects_corrupted_graphs() {
 
 /// A routed op's keep bits must come from a `RoutedKeep` of its own dropout rate, slot count
 /// and row width. Shapes alone cannot tell: rows of 380 and 384 both take 6 words, and
-/// k = 2 with 6 words is k = 3 with 4.
+/// k = 2 slots of 6 words (rows of 384) are as many words as k = 3 of 4 (rows of 256).
 #[test]
 fn routed_ops_take_keep_bits_drawn_for_them() {
     let (t, e, q) = (5, 4, 8);
@@ -378,12 +378,9 @@ fn routed_ops_take_keep_bits_drawn_for_them() {
         (&[t, 380], F32),
         (&[q, 380], F32),
         (&[t, 12], I64),
-        (&[t, 256], F32),
-        (&[q, 256], F32),
     ]);
-    let (mask, seed, x, a, x380, a380, raw, x256, a256) = (
-        ids[0], ids[1], ids[2], ids[3], ids[4], ids[5], ids[6], ids[7], ids[8],
-    );
+    let (mask, seed, x, a, x380, a380, raw) =
+        (ids[0], ids[1], ids[2], ids[3], ids[4], ids[5], ids[6]);
     let salts: Vec<u64> = (0..e as u64).collect();
     let keep = |g: &mut Graph, p: f32, k: usize, n: usize| {
         let op = Op::RoutedKeep {
@@ -403,11 +400,13 @@ fn routed_ops_take_keep_bits_drawn_for_them() {
     for (why, ins) in [
         ("another rate", [x, a, mask, other_p]),
         ("another width, same words", [x, a, mask, k380]),
-        ("another k, same words", [x256, a256, mask, k3]),
+        ("another k, same words", [x, a, mask, k3]),
         ("not drawn by routed_keep", [x, a, mask, raw]),
     ] {
         let e = try_add(&mut g, &project, &ins).expect_err(why);
-        assert!(e.contains("keep bits"), "{why}: {e}");
+        // The shape rule accepts every one of these; only the producer check refuses.
+        let drawn = e.contains("keep bits drawn for") || e.contains("must come from");
+        assert!(drawn, "{why}: {e}");
     }
     // The gradients' bits cover the rows of the factors (input gradient) and of x (the
     // factors' gradient).
@@ -422,7 +421,8 @@ fn routed_ops_take_keep_bits_drawn_for_them() {
             x380
         };
         try_add(&mut g, &op, &[gr, y, mask, k380]).unwrap();
-        assert!(try_add(&mut g, &op, &[gr, y, mask, k384]).is_err());
+        let e = try_add(&mut g, &op, &[gr, y, mask, k384]).expect_err("another width");
+        assert!(e.contains("rows of 384"), "{e}");
     }
     verify(&g).unwrap();
 }

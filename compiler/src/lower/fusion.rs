@@ -133,15 +133,14 @@ impl Lower<'_> {
                 .all(|&u| matches!(self.node(u).op, Op::MatMul) && !self.inline_dot(u))
     }
 
-    /// Every reader of `id` is a product whose rounding does not depend on layout
-    /// ([`gemm_layout_free`]), so it may read `id` through column strides.
-    fn layout_free_readers(&self, id: NodeId) -> bool {
-        self.users(id).iter().all(|&u| {
-            matches!(self.node(u).op, Op::MatMul) && {
-                let (m, k, n) = self.product_dims(u);
-                gemm_layout_free(m, k, n)
-            }
-        })
+    /// Whether product `id` may read or write its matrices through view `v`: rows
+    /// contiguous, or a product whose rounding `gemm` keeps whatever the layout
+    /// ([`gemm_layout_free`]), so column strides are legal too.
+    fn foldable(&self, v: &Strides, id: NodeId) -> bool {
+        v.rows_contiguous() || {
+            let (m, k, n) = self.product_dims(id);
+            gemm_layout_free(m, k, n)
+        }
     }
 
     /// `(m, k, n)` of each matrix of the batched product `id`.
@@ -159,15 +158,15 @@ impl Lower<'_> {
             return false;
         };
         let src = self.g.shape(self.g.inputs(id)[0]);
+        let users = self.users(id);
         self.opt.strided_views
             && !self.virtual_t(id)
             && !self.outputs.contains(&id)
-            && Strides::of_permute(src, perm)
-                .is_some_and(|v| v.rows_contiguous() || self.layout_free_readers(id))
-            && self
-                .users(id)
+            && users
                 .iter()
                 .all(|&u| matches!(self.node(u).op, Op::MatMul) && !self.inline_dot(u))
+            && Strides::of_permute(src, perm)
+                .is_some_and(|v| users.iter().all(|&u| self.foldable(&v, u)))
     }
 
     /// A single product `[m, k] @ [k, n]` with `k ≤ DOT_K`, read only by one elementwise op
@@ -242,9 +241,8 @@ impl Lower<'_> {
         if users.iter().any(|&u| u != p) || self.virtual_t(p) || self.virtual_perm(p) {
             return None;
         }
-        let (m, k, n) = self.product_dims(id);
         Strides::into_permute(self.g.shape(id), perm)
-            .filter(|v| v.rows_contiguous() || gemm_layout_free(m, k, n))
+            .filter(|v| self.foldable(v, id))
             .map(|v| (p, v))
     }
 

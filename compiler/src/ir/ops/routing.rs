@@ -114,32 +114,31 @@ pub fn check_keep(op: &Op, keep: &Op, ins: &Ins<'_>) -> Result<(), String> {
     else {
         return Ok(());
     };
-    // The row width the bits cover: x.s for the projection and the factors' gradient, the
+    // The row width the bits cover: x's for the projection and the factors' gradient, the
     // factors' for the input gradient (`infer` checked the shapes agree).
     let n = match op {
         Op::RoutedProject { .. } => ins[0].0[1],
         _ => ins[1].0[1],
     };
-    match keep {
-        Op::RoutedKeep {
-            p: kp,
-            k: kk,
-            n: kn,
-            ..
-        } if kp.to_bits() == p.to_bits() && kk == k && *kn == n => Ok(()),
-        Op::RoutedKeep {
-            p: kp,
-            k: kk,
-            n: kn,
-            ..
-        } => Err(format!(
+    let Op::RoutedKeep {
+        p: kp,
+        k: kk,
+        n: kn,
+        ..
+    } = keep
+    else {
+        return Err(format!(
+            "keep bits must come from routed_keep, not {}",
+            keep.name()
+        ));
+    };
+    if kp.to_bits() == p.to_bits() && kk == k && *kn == n {
+        Ok(())
+    } else {
+        Err(format!(
             "keep bits drawn for p = {kp}, k = {kk}, rows of {kn}; this op has p = {p}, \
              k = {k}, rows of {n}"
-        )),
-        other => Err(format!(
-            "keep bits must come from routed_keep, not {}",
-            other.name()
-        )),
+        ))
     }
 }
 
