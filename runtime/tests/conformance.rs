@@ -682,3 +682,44 @@ fn sibling_outputs_match() {
         }
     }
 }
+
+/// Attention's score ops as the models build them (`Graph::attn_probs` on head permutes of
+/// `[b, s, h, d]`, a `[b, 1, 1, s]` padding mask with `f32::MIN` entries) and the softmax
+/// gradient `AttnGrad`: the CPU backend's host kernels (one score matrix per task, 16-lane
+/// rows) equal the reference bit for bit at every size, and within the tolerance on every
+/// backend. The reference itself equals the primitive graph bit for bit
+/// (`compiler/tests/gradcheck_attention.rs`).
+#[test]
+fn attention_score_ops() {
+    for n in SIZES {
+        let mut c = Case::new(490 + n as u64);
+        const D: usize = 6;
+        let xq = c.input("q", &[2, n, 3, D], -2.0, 2.0);
+        let xk = c.input("k", &[2, n, 3, D], -2.0, 2.0);
+        let mask = c.input("mask", &[2, 1, 1, n], -1.0, 1.0);
+        let pad: Vec<f32> = (0..2 * n)
+            .map(|i| {
+                if i % n > 0 && i % 3 == 1 {
+                    f32::MIN
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        c.inputs
+            .insert("mask".into(), Tensor::f32(vec![2, 1, 1, n], pad));
+        let g = c.input("g", &[2, 3, n, n], -1.0, 1.0);
+        let q = c.g.permute(xq, &[0, 2, 1, 3]).unwrap();
+        let k = c.g.permute(xk, &[0, 2, 1, 3]).unwrap();
+        let scale = 1.0 / (D as f32).sqrt();
+        let pr = c.g.attn_probs(q, k, mask, scale).unwrap();
+        let ds = c.g.add(Op::AttnGrad { scale }, &[pr, g]).unwrap();
+        c.g.set_output("probs", pr);
+        c.g.set_output("grad", ds);
+        c.check(&format!("attention scores[{n}]"), RED);
+        let (reference, cpu) = c.reference_and_cpu();
+        for name in ["probs", "grad"] {
+            assert_eq!(cpu[name], reference[name], "{name}[{n}] bit for bit");
+        }
+    }
+}

@@ -10,7 +10,8 @@
 //!   optimizer's elementwise update are free.
 //! * Forward = every matmul of the graph loraC builds that the training loss depends on: the
 //!   base model's linears, the attention score (`QKᵀ`) and value (`PV`) products at the
-//!   geometry's sequence length, the LM head when it feeds the loss, the adapters, routers
+//!   geometry's sequence length (the score product inside the `AttnProbs` op that builds
+//!   the probabilities counts as that matmul), the LM head when it feeds the loss, the adapters, routers
 //!   and the task head. Without a `train` block the loss is the sum of the `logits` output
 //!   (llama: the LM head, as causal-LM training) or of `hidden` (bert).
 //! * Top-k routing: in a module whose router uses `topk(…, k)` over `E` experts, the

@@ -103,7 +103,12 @@ fn matmul_flops(g: &Graph, id: NodeId) -> f64 {
         return 0.0;
     }
     let batch: f64 = ls[..ls.len() - 2].iter().map(|&d| d as f64).product();
-    let (a, b, c) = (ls[ls.len() - 2], ls[ls.len() - 1], rs[rs.len() - 1]);
+    // `AttnProbs` multiplies by `kᵀ`: its keys are `[..., n, d]`.
+    let c = match g.node(id).op {
+        Op::AttnProbs { .. } => rs[rs.len() - 2],
+        _ => rs[rs.len() - 1],
+    };
+    let (a, b) = (ls[ls.len() - 2], ls[ls.len() - 1]);
     2.0 * batch * a as f64 * b as f64 * c as f64
 }
 
@@ -295,12 +300,19 @@ pub fn measure(mut fwd: Forward, loss: NodeId) -> R<GraphWork> {
     let mut routed_flops = vec![Flops::default(); work.modules.len()];
     for &id in &order {
         let i = id.index();
-        if i >= fwd_len || !feeds[i] || !matches!(g.node(id).op, Op::MatMul) {
+        let product = matches!(g.node(id).op, Op::MatMul | Op::AttnProbs { .. });
+        if i >= fwd_len || !feeds[i] || !product {
             continue;
         }
         let fl = matmul_flops(g, id);
         // Backward: one product of the forward's size per operand that needs a gradient.
-        let needs = g.inputs(id).iter().filter(|j| f.varying[j.index()]).count();
+        // (`AttnProbs`' mask is not a product operand.)
+        let needs = g
+            .inputs(id)
+            .iter()
+            .take(2)
+            .filter(|j| f.varying[j.index()])
+            .count();
         let bwd = fl * needs as f64;
         match (f.owner[i], routed(&f, &gates, i)) {
             (Owner::Module(m), Some(_)) if f.local_param[i] => routed_flops[m].add(fl, bwd),

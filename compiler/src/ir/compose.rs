@@ -230,6 +230,28 @@ impl Graph {
         let s = self.sum(e, axis)?;
         self.over(e, s)
     }
+    /// Attention probabilities `softmax(scale·q·kᵀ + mask)` as one `AttnProbs` op
+    /// (`q[..., m, d]`, `k[..., n, d]`, the mask broadcastable to `[..., m, n]`).
+    pub fn attn_probs(&mut self, q: NodeId, k: NodeId, mask: NodeId, scale: f32) -> R<NodeId> {
+        self.add(Op::AttnProbs { scale }, &[q, k, mask])
+    }
+    /// The primitive graph `AttnProbs` is defined by (and equals bit for bit): the product,
+    /// the scale, the broadcast mask and [`Graph::softmax`]. Tests use it as the oracle.
+    pub fn attn_probs_decomposed(
+        &mut self,
+        q: NodeId,
+        k: NodeId,
+        mask: NodeId,
+        scale: f32,
+    ) -> R<NodeId> {
+        let kt = self.t(k)?;
+        let s = self.matmul(q, kt)?;
+        let s = self.scale(s, scale)?;
+        let shape = self.shape(s).to_vec();
+        let mask = self.bc(mask, &shape)?;
+        let s = self.plus(s, mask)?;
+        self.softmax(s)
+    }
     /// Layer norm over the last axis with weight and bias.
     pub fn layer_norm(&mut self, x: NodeId, w: NodeId, b: NodeId, eps: f32) -> R<NodeId> {
         let axis = self.last_axis(x)?;

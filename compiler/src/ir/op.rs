@@ -169,6 +169,13 @@ pub enum Op {
     /// select `e`: one fused multiply-add chain over each block of `routing::OUTER_ROWS` rows
     /// in order, the blocks' sums then added in block order.
     RoutedOuter { p: f32, k: usize },
+    /// Attention probabilities (`ops/attention.rs`): operands `q[..., m, d]`, `k[..., n, d]` and
+    /// an additive mask broadcastable to `[..., m, n]` give `softmax(scale·q·kᵀ + mask)` along
+    /// the last axis, by the same steps (and so the same bits) as the primitive graph.
+    AttnProbs { scale: f32 },
+    /// Softmax's gradient with the score scale (made by autodiff of `AttnProbs`): operands
+    /// `p` and `g` of one shape give `scale · p ⊙ (g − Σ_row g ⊙ p)` (`ops/attention.rs`).
+    AttnGrad { scale: f32 },
     /// Element type conversion (1 operand).
     Cast { to: DType },
     /// `X = (A + δI)⁻¹ B` for small SPD blocks `A[..., d, d]`, `B[..., d, c]`; identity when the
@@ -206,6 +213,8 @@ impl Op {
             Op::RoutedProject { p, k } => format!("routed_project[{p}, k={k}]"),
             Op::RoutedExpand { p, k } => format!("routed_expand[{p}, k={k}]"),
             Op::RoutedOuter { p, k } => format!("routed_outer[{p}, k={k}]"),
+            Op::AttnProbs { scale } => format!("attn_probs[{scale}]"),
+            Op::AttnGrad { scale } => format!("attn_grad[{scale}]"),
             Op::Cast { to } => format!("cast[{to:?}]"),
             Op::SpdSolve { damping } => format!("spd_solve[{damping}]"),
         }

@@ -70,11 +70,7 @@ pub fn forward(
         let k = dense(g, hook, t, &format!("{p}.attention.self.key"), x)?;
         let v = dense(g, hook, t, &format!("{p}.attention.self.value"), x)?;
         let (q, k, v) = (split(g, q, rows)?, split(g, k, seq)?, split(g, v, seq)?);
-        let kt = g.t(k)?;
-        let s = g.matmul(q, kt)?;
-        let s = g.scale(s, 1.0 / (d as f32).sqrt())?;
-        let s = g.plus(s, neg)?;
-        let a = g.softmax(s)?;
+        let a = g.attn_probs(q, k, neg, 1.0 / (d as f32).sqrt())?;
         let ctx = g.matmul(a, v)?;
         let ctx = g.permute(ctx, &[0, 2, 1, 3])?;
         let ctx = g.reshape(ctx, &[batch, rows, h])?;

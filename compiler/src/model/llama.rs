@@ -121,11 +121,7 @@ pub fn forward(
         };
         let k = expand(g, k)?;
         let v = expand(g, v)?;
-        let kt = g.t(k)?;
-        let s = g.matmul(q, kt)?;
-        let s = g.scale(s, 1.0 / (d as f32).sqrt())?;
-        let s = g.plus(s, neg)?;
-        let a = g.softmax(s)?;
+        let a = g.attn_probs(q, k, neg, 1.0 / (d as f32).sqrt())?;
         let o = g.matmul(a, v)?;
         let o = g.permute(o, &[0, 2, 1, 3])?;
         let o = g.reshape(o, &[batch, seq, heads * d])?;

@@ -314,6 +314,21 @@ pub fn run(op: &Op, ins: &[In<'_>], out: &mut Out<'_>, shape: &[usize]) -> Resul
                 return Ok(());
             }
         }
+        Op::AttnProbs { scale } => {
+            if let (In::F(q, qs), In::F(k, ks), In::F(mask, ms), Out::F(o)) =
+                (&ins[0], &ins[1], &ins[2], &mut *out)
+            {
+                let geo = ops::attention::Geometry::new(qs, ks, ms)?;
+                super::attention::probs(&geo, *scale, q, k, mask, o);
+                return Ok(());
+            }
+        }
+        Op::AttnGrad { scale } => {
+            if let (In::F(p, ps), In::F(g, _), Out::F(o)) = (&ins[0], &ins[1], &mut *out) {
+                super::attention::grad(p, g, o, ps.last().copied().unwrap_or(1), *scale);
+                return Ok(());
+            }
+        }
         Op::RoutedKeep { p, salts, k, n } => {
             if let (In::F(mask, ms), In::I(seed, _), Out::I(o)) = (&ins[0], &ins[1], &mut *out) {
                 let seed = seed.first().copied().unwrap_or(0) as u64;

@@ -3,6 +3,7 @@
 //! kernels + cuBLAS).
 
 pub mod arena;
+pub mod attention;
 pub mod awake;
 pub mod cpu;
 pub mod cuda;

@@ -1,6 +1,7 @@
 //! Per-op-family rules: shape inference, reference semantics (the interpreter), and the
 //! vector-Jacobian product. Each family file holds all three for its ops.
 
+pub mod attention;
 pub mod elementwise;
 pub mod index;
 pub mod linalg;
@@ -27,7 +28,9 @@ pub fn infer(op: &Op, ins: &Ins<'_>) -> Result<(Vec<usize>, DType), String> {
         | Op::ScatterAdd { .. }
         | Op::SpdSolve { .. }
         | Op::Dropout { .. }
-        | Op::RoutedKeep { .. } => Some(2),
+        | Op::RoutedKeep { .. }
+        | Op::AttnGrad { .. } => Some(2),
+        Op::AttnProbs { .. } => Some(3),
         Op::RoutedProject { .. } | Op::RoutedExpand { .. } | Op::RoutedOuter { .. } => Some(4),
         Op::Concat { .. } => None,
         _ => Some(1),
@@ -61,6 +64,7 @@ pub fn infer(op: &Op, ins: &Ins<'_>) -> Result<(Vec<usize>, DType), String> {
         | Op::RoutedExpand { .. }
         | Op::RoutedOuter { .. } => routing::infer(op, ins),
         Op::MatMul | Op::SpdSolve { .. } => linalg::infer(op, ins),
+        Op::AttnProbs { .. } | Op::AttnGrad { .. } => attention::infer(op, ins),
         Op::Reshape { .. }
         | Op::Permute { .. }
         | Op::Broadcast { .. }
@@ -89,6 +93,7 @@ pub fn eval(op: &Op, ins: &[&Tensor]) -> Result<Tensor, String> {
         | Op::RoutedExpand { .. }
         | Op::RoutedOuter { .. } => routing::eval(op, ins),
         Op::MatMul | Op::SpdSolve { .. } => linalg::eval(op, ins),
+        Op::AttnProbs { .. } | Op::AttnGrad { .. } => attention::eval(op, ins),
         Op::Reshape { .. }
         | Op::Permute { .. }
         | Op::Broadcast { .. }
@@ -118,6 +123,7 @@ pub fn vjp(g: &mut Graph, node: NodeId, dy: NodeId, needs: &[bool]) -> R<Vec<Opt
         | Op::RoutedExpand { .. }
         | Op::RoutedOuter { .. } => routing::vjp(g, &op, &ins, dy, needs),
         Op::MatMul | Op::SpdSolve { .. } => linalg::vjp(g, &op, node, &ins, dy, needs),
+        Op::AttnProbs { .. } | Op::AttnGrad { .. } => attention::vjp(g, &op, node, &ins, dy, needs),
         Op::Reshape { .. }
         | Op::Permute { .. }
         | Op::Broadcast { .. }

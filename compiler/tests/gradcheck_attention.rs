@@ -1,0 +1,192 @@
+//! Attention's score ops (`ir/ops/attention.rs`): `AttnProbs` equals the primitive graph it
+//! replaces (product, scale, broadcast mask, softmax) bit for bit in the reference
+//! interpreter; its vector-Jacobian product (`AttnGrad` and two products) agrees with central
+//! differences and with the primitive graph's gradient; bad shapes are errors.
+//! The harness and its tolerances: `common/gradcheck.rs`.
+
+mod common;
+
+use common::gradcheck::*;
+use lorac_compiler::ir::interp::run;
+use lorac_compiler::ir::{Graph, InputKind, Op, Tensor};
+use lorac_compiler::passes::autodiff::grad;
+use std::collections::HashMap;
+
+/// `(batch dims, m, n, d, mask shape)`.
+type Shapes = ([usize; 2], usize, usize, usize, [usize; 4]);
+
+/// Cases: BERT's `[b, 1, 1, n]` padding mask, a causal
+/// `[1, 1, m, n]` and `[b, 1, m, n]` mask, a full one, one query row (a first-only last
+/// layer), and sizes 1, 3, 50.
+fn cases() -> Vec<Shapes> {
+    vec![
+        ([2, 3], 4, 5, 3, [2, 1, 1, 5]),
+        ([2, 3], 5, 5, 4, [1, 1, 5, 5]),
+        ([1, 2], 3, 3, 2, [1, 2, 3, 3]),
+        ([2, 1], 1, 7, 3, [2, 1, 1, 7]),
+        ([1, 1], 1, 1, 1, [1, 1, 1, 1]),
+        ([1, 2], 50, 50, 5, [1, 1, 50, 50]),
+        ([2, 2], 3, 50, 8, [2, 1, 3, 50]),
+    ]
+}
+
+/// A mask in the models' style: mostly 0, some entries `f32::MIN` (padded or future keys),
+/// never a whole row masked.
+fn mask_values(rng: &mut Rng, shape: &[usize]) -> Vec<f32> {
+    let n = shape[3];
+    (0..numel(shape))
+        .map(|i| {
+            if i % n != 0 && rng.below(4) == 0 {
+                f32::MIN
+            } else {
+                rng.uniform(-1.0, 1.0)
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn attn_probs_is_its_primitive_graph_bit_for_bit() {
+    for (ci, (bd, m, n, d, ms)) in cases().into_iter().enumerate() {
+        let mut rng = Rng::new(9100 + ci as u64);
+        let qs = [bd[0], bd[1], m, d];
+        let ks = [bd[0], bd[1], n, d];
+        let mut g = Graph::new();
+        let q = data(&mut g, "q", &qs);
+        let k = data(&mut g, "k", &ks);
+        let mask = data(&mut g, "mask", &ms);
+        let scale = 1.0 / (d as f32).sqrt();
+        let fused = g.attn_probs(q, k, mask, scale).unwrap();
+        let prim = g.attn_probs_decomposed(q, k, mask, scale).unwrap();
+        let mut inputs = HashMap::new();
+        for (name, shape, vals) in [
+            ("q", &qs[..], rng.vec(numel(&qs), -3.0, 3.0)),
+            ("k", &ks[..], rng.vec(numel(&ks), -3.0, 3.0)),
+            ("mask", &ms[..], mask_values(&mut rng, &ms)),
+        ] {
+            inputs.insert(name.to_string(), Tensor::f32(shape.to_vec(), vals));
+        }
+        let v = run(&g, &inputs).unwrap();
+        let (a, b) = (v[&fused].f(), v[&prim].f());
+        assert_eq!(v[&fused].shape, v[&prim].shape, "case {ci}");
+        for (i, (x, y)) in a.iter().zip(b).enumerate() {
+            assert_eq!(x.to_bits(), y.to_bits(), "case {ci} [{i}]: {x} vs {y}");
+        }
+        // Rows are distributions: the oracle is not trivially zero.
+        assert!(a.iter().all(|p| (0.0..=1.0).contains(p)), "case {ci}");
+    }
+}
+
+#[test]
+fn attn_probs_gradients_match_finite_differences() {
+    for (ci, (bd, m, n, d, ms)) in cases().into_iter().enumerate().take(5) {
+        let seed = 9200 + ci as u64 * 10;
+        let mut rng = Rng::new(seed);
+        let qs = [bd[0], bd[1], m, d];
+        let ks = [bd[0], bd[1], n, d];
+        let (q, k) = (
+            rng.vec(numel(&qs), -1.5, 1.5),
+            rng.vec(numel(&ks), -1.5, 1.5),
+        );
+        let mv = rng.vec(numel(&ms), -1.0, 1.0);
+        check(
+            &format!("attn_probs case {ci}"),
+            seed,
+            FD_FINE,
+            vec![p(&qs, q), p(&ks, k), p(&ms, mv)],
+            |g, ps, _| g.attn_probs(ps[0], ps[1], ps[2], 0.7).unwrap(),
+        );
+    }
+}
+
+/// The fused op's gradients equal the primitive graph's within rounding (they differ only
+/// in how the softmax gradient is grouped).
+#[test]
+fn attn_probs_gradients_match_the_primitive_graph() {
+    for (ci, (bd, m, n, d, ms)) in cases().into_iter().enumerate() {
+        let mut rng = Rng::new(9300 + ci as u64);
+        let qs = [bd[0], bd[1], m, d];
+        let ks = [bd[0], bd[1], n, d];
+        let mut grads = Vec::new();
+        let mut inputs = HashMap::new();
+        for (name, shape) in [("q", &qs[..]), ("k", &ks[..]), ("mask", &ms[..])] {
+            inputs.insert(
+                name.to_string(),
+                Tensor::f32(shape.to_vec(), rng.vec(numel(shape), -2.0, 2.0)),
+            );
+        }
+        let r = rng.vec(bd[0] * bd[1] * m * n, -1.0, 1.0);
+        inputs.insert("r".into(), Tensor::f32(vec![bd[0], bd[1], m, n], r));
+        for fused in [true, false] {
+            let mut g = Graph::new();
+            let q = param(&mut g, "q", &qs);
+            let k = param(&mut g, "k", &ks);
+            let mask = param(&mut g, "mask", &ms);
+            let rr = data(&mut g, "r", &[bd[0], bd[1], m, n]);
+            let pr = if fused {
+                g.attn_probs(q, k, mask, 0.35).unwrap()
+            } else {
+                g.attn_probs_decomposed(q, k, mask, 0.35).unwrap()
+            };
+            let prod = g.times(pr, rr).unwrap();
+            let loss = g.sum_all(prod).unwrap();
+            let gs = grad(&mut g, loss, &[q, k, mask]).unwrap();
+            let v = run(&g, &inputs).unwrap();
+            grads.push(
+                gs.iter()
+                    .map(|x| v[&x.unwrap()].f().to_vec())
+                    .collect::<Vec<_>>(),
+            );
+        }
+        for (w, name) in ["q", "k", "mask"].iter().enumerate() {
+            let (a, b) = (&grads[0][w], &grads[1][w]);
+            let scale = b.iter().fold(0f32, |s, x| s.max(x.abs())).max(1e-3);
+            assert_close(
+                a,
+                b,
+                2e-5 * scale,
+                &format!("case {ci} d{name} (max {scale})"),
+            );
+        }
+    }
+}
+
+#[test]
+fn attention_ops_reject_bad_shapes_and_second_derivatives() {
+    let mut g = Graph::new();
+    let q = data(&mut g, "q", &[2, 3, 4, 5]);
+    let k = data(&mut g, "k", &[2, 3, 6, 5]);
+    let bad_d = data(&mut g, "k2", &[2, 3, 6, 4]);
+    let bad_batch = data(&mut g, "k3", &[2, 2, 6, 5]);
+    let ok_mask = data(&mut g, "m", &[2, 1, 1, 6]);
+    let bad_last = data(&mut g, "m2", &[2, 1, 1, 1]);
+    let bad_mid = data(&mut g, "m3", &[2, 2, 1, 6]);
+    let low_rank = data(&mut g, "m4", &[2, 6]);
+    let ids = input(
+        &mut g,
+        "ids",
+        InputKind::Data,
+        &[2, 3, 6, 5],
+        lorac_compiler::ir::DType::I64,
+    );
+    for (what, ins) in [
+        ("head widths differ", [q, bad_d, ok_mask]),
+        ("batch dims differ", [q, bad_batch, ok_mask]),
+        ("mask's last axis 1", [q, k, bad_last]),
+        ("mask broadcasts 2 to 3", [q, k, bad_mid]),
+        ("mask of lower rank", [q, k, low_rank]),
+        ("i64 keys", [q, ids, ok_mask]),
+    ] {
+        let e = g.add(Op::AttnProbs { scale: 1.0 }, &ins);
+        assert!(e.is_err(), "{what} accepted");
+    }
+    let pr = g.attn_probs(q, k, ok_mask, 1.0).unwrap();
+    let other = data(&mut g, "o", &[2, 3, 4, 5]);
+    assert!(g.add(Op::AttnGrad { scale: 1.0 }, &[pr, other]).is_err());
+    // AttnGrad is made by differentiation; differentiating it again is an error, not zero.
+    let w = param(&mut g, "w", &[2, 3, 4, 6]);
+    let dg = g.add(Op::AttnGrad { scale: 1.0 }, &[pr, w]).unwrap();
+    let loss = g.sum_all(dg).unwrap();
+    let e = grad(&mut g, loss, &[w]).unwrap_err();
+    assert!(e.to_string().contains("has no gradient"), "{e}");
+}
