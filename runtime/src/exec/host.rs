@@ -92,6 +92,16 @@ fn copy_strided<T: Copy>(src: &[T], dst: &mut [T], shape: &[usize], st: &[usize]
         .then(|| (0..r - 1).rev().find(|&a| st[a] == 1 && shape[a] > 1))
         .flatten();
     let Some(a) = a else {
+        if r >= 1 && st[r - 1] == 1 {
+            // The last axis is contiguous on both sides (attention's head permutes): whole
+            // runs at a time, not element by element.
+            let inner = shape[r - 1];
+            let ost = strides(shape);
+            odometer(&shape[..r - 1], &st[..r - 1], &ost[..r - 1], |so, oo| {
+                dst[oo..oo + inner].copy_from_slice(&src[so..so + inner]);
+            });
+            return;
+        }
         walk(shape, st, |o, i| dst[o] = src[i]);
         return;
     };
