@@ -190,3 +190,62 @@ fn attention_ops_reject_bad_shapes_and_second_derivatives() {
     let e = grad(&mut g, loss, &[w]).unwrap_err();
     assert!(e.to_string().contains("has no gradient"), "{e}");
 }
+
+/// The CUDA lowering's expansion (`passes::expand_attention`) gives the primitive graph the
+/// ops are defined by: the reference interpreter's values of a differentiated graph are the
+/// same bits before and after, and the emitted CUDA plan has no attention host step.
+#[test]
+fn expansion_for_cuda_keeps_every_bit() {
+    use lorac_compiler::lower::{cuda, Step};
+    use lorac_compiler::passes::expand_attention;
+    for (ci, (bd, m, n, d, ms)) in cases().into_iter().enumerate() {
+        let mut rng = Rng::new(9400 + ci as u64);
+        let qs = [bd[0], bd[1], m, d];
+        let ks = [bd[0], bd[1], n, d];
+        let mut g = Graph::new();
+        let q = param(&mut g, "q", &qs);
+        let k = param(&mut g, "k", &ks);
+        let mask = data(&mut g, "mask", &ms);
+        let r = data(&mut g, "r", &[bd[0], bd[1], m, n]);
+        let pr = g.attn_probs(q, k, mask, 0.4).unwrap();
+        let prod = g.times(pr, r).unwrap();
+        let loss = g.sum_all(prod).unwrap();
+        let gs = grad(&mut g, loss, &[q, k]).unwrap();
+        g.set_output("probs", pr);
+        g.set_output("dq", gs[0].unwrap());
+        g.set_output("dk", gs[1].unwrap());
+        let mut inputs = HashMap::new();
+        for (name, shape) in [("q", &qs[..]), ("k", &ks[..]), ("r", &[bd[0], bd[1], m, n])] {
+            let v = rng.vec(numel(shape), -2.0, 2.0);
+            inputs.insert(name.to_string(), Tensor::f32(shape.to_vec(), v));
+        }
+        inputs.insert(
+            "mask".into(),
+            Tensor::f32(ms.to_vec(), mask_values(&mut rng, &ms)),
+        );
+        let mut e = g.clone();
+        assert_eq!(expand_attention::run(&mut e).unwrap(), 2, "case {ci}");
+        let attn = |g: &Graph| {
+            g.g.node_weights()
+                .filter(|n| matches!(n.op, Op::AttnProbs { .. } | Op::AttnGrad { .. }))
+                .count()
+        };
+        assert_eq!(attn(&e), 0, "case {ci}");
+        let (a, b) = (run(&g, &inputs).unwrap(), run(&e, &inputs).unwrap());
+        for name in ["probs", "dq", "dk"] {
+            let (x, y) = (&a[&g.output(name).unwrap()], &b[&e.output(name).unwrap()]);
+            assert_eq!(x, y, "case {ci} {name}");
+        }
+        let em = cuda::emit(&g, "kernels.cu").unwrap();
+        assert!(
+            em.plan.steps.iter().all(|s| !matches!(
+                s,
+                Step::Host {
+                    op: Op::AttnProbs { .. } | Op::AttnGrad { .. },
+                    ..
+                }
+            )),
+            "case {ci}: attention reached the CUDA plan as a host step"
+        );
+    }
+}

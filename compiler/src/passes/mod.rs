@@ -3,6 +3,7 @@
 pub mod autodiff;
 pub mod cse;
 pub mod dce;
+pub mod expand_attention;
 pub mod hoist_scale;
 pub mod reassoc;
 pub mod simplify;

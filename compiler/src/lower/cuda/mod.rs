@@ -77,11 +77,14 @@ pub struct Emitted {
 /// Lowers an optimised graph, plans its memory and renders kernels and launch plan;
 /// `module` is the file name the launch plan gives the source.
 pub fn emit(g: &crate::ir::Graph, module_name: &str) -> crate::ir::R<Emitted> {
+    // Attention's score ops have no device kernel: their primitive graph has (same values).
+    let mut g = g.clone();
+    crate::passes::expand_attention::run(&mut g)?;
     // cuBLAS batches take one batch stride, so head permutes stay materialised.
     let opt = crate::lower::plan::LowerOptions {
         strided_views: false,
     };
-    let plan = crate::lower::plan::lower_with(g, opt)?;
+    let plan = crate::lower::plan::lower_with(&g, opt)?;
     // No hand-overs: rendered kernels declare operands and outputs `__restrict__`.
     let mem = crate::lower::memplan::plan(&plan, false);
     crate::lower::memplan::verify(&plan, &mem).map_err(crate::ir::IrError)?;
