@@ -26,7 +26,7 @@ pub struct CpuProgram {
     arena: Mutex<Arena>,
     /// Seconds in the run, seconds re-run at once (with [`CpuProgram::replay`]) and calls per
     /// step kind, when `LORAC_PROFILE` is set (a developer switch).
-    profile: Option<Mutex<HashMap<String, Timing>>>,
+    profile: Option<Mutex<Profile>>,
     /// `LORAC_PROFILE_REPLAY` (with `LORAC_PROFILE`): every step runs twice in a row and the
     /// profile shows both times, so the second (its data now in cache) tells how much of the
     /// first was spent waiting for memory. Maps then write no output over an operand (so a
@@ -39,6 +39,20 @@ pub struct CpuProgram {
 
 /// A step kind's profile: seconds in the run, seconds replayed, calls.
 type Timing = (f64, f64, usize);
+
+/// The profile of a program's runs. The first run is timed apart: it takes the page faults
+/// of the arena's first touch (huge pages zeroed), which inflated every step kind's time
+/// several-fold and, counted in, made steady steps look memory-bound (a goat_all step took
+/// 1.77 s in its first run and 0.64 s in its second, profiled).
+#[derive(Default)]
+struct Profile {
+    /// Step kinds of every run but the first.
+    kinds: HashMap<String, Timing>,
+    /// Runs so far.
+    runs: usize,
+    /// Seconds of the first run's steps.
+    first: f64,
+}
 
 /// Raw base pointers shared with worker threads: a kernel's operands and outputs, or a
 /// run's resolved buffers (handed to the pool thread that runs the steps).
@@ -70,7 +84,7 @@ impl CpuProgram {
     /// [`CpuProgram::new`] with explicit lowering choices (tests compare them).
     pub fn with_lowering(g: &Graph, opt: LowerOptions) -> Result<CpuProgram, String> {
         let plan = lower_with(g, opt).map_err(|e| e.0)?;
-        let profile = std::env::var_os("LORAC_PROFILE").map(|_| Mutex::new(HashMap::new()));
+        let profile = std::env::var_os("LORAC_PROFILE").map(|_| Mutex::new(Profile::default()));
         let replay = profile.is_some() && std::env::var_os("LORAC_PROFILE_REPLAY").is_some();
         // Hand-overs are legal here: kernels read every operand at a point before storing
         // there (`lower::cpu`).
@@ -168,6 +182,12 @@ impl CpuProgram {
 
     /// Runs every step in order over the resolved buffer pointers.
     fn steps(&self, ptr: Ptrs<'_, u8>) -> Result<(), String> {
+        let first = self.profile.as_ref().is_some_and(|p| {
+            p.lock().is_ok_and(|mut p| {
+                p.runs += 1;
+                p.runs == 1
+            })
+        });
         for step in &self.plan.steps {
             let t = self.profile.as_ref().map(|_| std::time::Instant::now());
             // SAFETY: every pointer addresses a buffer of the planned length, and the memory
@@ -232,10 +252,14 @@ impl CpuProgram {
                     Step::Host { op, shape, .. } => format!("host {} {shape:?}", op.name()),
                 };
                 if let Ok(mut m) = p.lock() {
-                    let e = m.entry(key).or_insert((0.0, 0.0, 0));
-                    e.0 += t;
-                    e.1 += again;
-                    e.2 += 1;
+                    if first {
+                        m.first += t;
+                    } else {
+                        let e = m.kinds.entry(key).or_insert((0.0, 0.0, 0));
+                        e.0 += t;
+                        e.1 += again;
+                        e.2 += 1;
+                    }
                 }
             }
         }
@@ -516,10 +540,16 @@ unsafe fn matmul(
 impl Drop for CpuProgram {
     fn drop(&mut self) {
         if let Some(Ok(m)) = self.profile.as_ref().map(|p| p.lock()) {
-            let mut v: Vec<_> = m.iter().collect();
+            let mut v: Vec<_> = m.kinds.iter().collect();
             v.sort_by(|a, b| b.1 .0.total_cmp(&a.1 .0));
             let total: f64 = v.iter().map(|e| e.1 .0).sum();
-            eprintln!("profile: {total:.3} s in {} step kinds", v.len());
+            eprintln!(
+                "profile: {total:.3} s in {} step kinds over {} runs after the first (which took \
+                 {:.3} s, page faults included, and is left out)",
+                v.len(),
+                m.runs.saturating_sub(1),
+                m.first
+            );
             // `LORAC_PROFILE=N` lists the N costliest kinds (25 by default).
             let top = std::env::var("LORAC_PROFILE")
                 .ok()
