@@ -482,12 +482,21 @@ mod avx512 {
             let a0 = a.ptr.offset(i as isize * a.rs + p0 as isize * a.cs);
             let mut bp = b.ptr.offset(p0 as isize * b.rs).add(j);
             let ahead = AHEAD * b.rs;
+            // A column-major `a` (`Xᵀ·G`: the tile's R values of step p lie side by side in
+            // row p of X, a whole row of X apart from step p + 1) is the big operand there:
+            // fetch its run ahead too, or the chains wait on it as on `b`.
+            let a_ahead = (a.rs == 1).then_some(AHEAD * a.cs);
             for q in 0..(p1 - p0) as isize {
                 // Never dereferenced past the buffer: prefetches do not fault.
                 for c in 0..C {
                     _mm_prefetch::<_MM_HINT_T0>(
                         bp.wrapping_offset(ahead).wrapping_add(V::L * c) as *const i8
                     );
+                }
+                if let Some(d) = a_ahead {
+                    let run = a0.wrapping_offset(q * a.cs + d);
+                    _mm_prefetch::<_MM_HINT_T0>(run as *const i8);
+                    _mm_prefetch::<_MM_HINT_T0>(run.wrapping_add(R - 1) as *const i8);
                 }
                 let mut bv = [V::zero(); C];
                 for c in 0..C {
