@@ -379,13 +379,24 @@ pub fn run(op: &Op, ins: &[In<'_>], out: &mut Out<'_>, shape: &[usize]) -> Resul
         Op::Gather => {
             if let (In::F(t, ts), In::I(idx, _), Out::F(o)) = (&ins[0], &ins[1], &mut *out) {
                 let row: usize = ts[1..].iter().product();
-                for (i, &r) in idx.iter().enumerate() {
-                    if r < 0 || r as usize >= ts[0] {
-                        return Err(format!("gather index {r} outside 0..{}", ts[0]));
-                    }
-                    let r = r as usize;
-                    o[i * row..(i + 1) * row].copy_from_slice(&t[r * row..(r + 1) * row]);
+                if let Some(&r) = idx.iter().find(|&&r| r < 0 || r as usize >= ts[0]) {
+                    return Err(format!("gather index {r} outside 0..{}", ts[0]));
                 }
+                if row == 0 {
+                    return Ok(());
+                }
+                // Rows of a large table (the word embeddings) come from memory one by one:
+                // split them over threads, 64 rows a task.
+                const ROWS: usize = 64;
+                o[..idx.len() * row]
+                    .par_chunks_mut(ROWS * row)
+                    .zip(idx.par_chunks(ROWS))
+                    .for_each(|(o, ids)| {
+                        for (o, &r) in o.chunks_exact_mut(row).zip(ids) {
+                            let r = r as usize;
+                            o.copy_from_slice(&t[r * row..(r + 1) * row]);
+                        }
+                    });
                 return Ok(());
             }
         }
@@ -407,6 +418,36 @@ pub fn run(op: &Op, ins: &[In<'_>], out: &mut Out<'_>, shape: &[usize]) -> Resul
 mod tests {
     use super::*;
     use lorac_compiler::ir::tensor::numel;
+
+    /// Gathers split over threads give the reference's rows (past one 64-row task, with
+    /// repeats), and an index outside the table is an error, not a panic.
+    #[test]
+    fn gathers_equal_the_reference_and_refuse_bad_indices() {
+        let (rows, width) = (37, 5);
+        let table: Vec<f32> = (0..rows * width).map(|i| i as f32 * 0.5).collect();
+        let idx: Vec<i64> = (0..150).map(|i| (i * 7 % rows) as i64).collect();
+        let ts = [rows, width];
+        let is = [150];
+        let mut got = vec![0f32; 150 * width];
+        let ins = [In::F(&table, &ts), In::I(&idx, &is)];
+        run(&Op::Gather, &ins, &mut Out::F(&mut got), &[150, width]).unwrap();
+        let want = ops::eval(
+            &Op::Gather,
+            &[
+                &Tensor::f32(ts.to_vec(), table.clone()),
+                &Tensor::i64(is.to_vec(), idx.clone()),
+            ],
+        )
+        .unwrap();
+        assert_eq!(got, want.f());
+        for bad in [-1, rows as i64] {
+            let mut idx = idx.clone();
+            idx[100] = bad;
+            let ins = [In::F(&table, &ts), In::I(&idx, &is)];
+            let e = run(&Op::Gather, &ins, &mut Out::F(&mut got), &[150, width]).unwrap_err();
+            assert!(e.contains("outside 0..37"), "{e}");
+        }
+    }
 
     /// Tiled transposing copies equal the element-by-element walk (the definition) for
     /// every permutation of rank 2–4 views with odd and tile-straddling extents, and for
