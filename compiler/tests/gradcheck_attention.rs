@@ -12,14 +12,19 @@ use lorac_compiler::ir::{Graph, InputKind, Op, Tensor};
 use lorac_compiler::passes::autodiff::grad;
 use std::collections::HashMap;
 
-/// `(batch dims, m, n, d, mask shape)`.
-type Shapes = ([usize; 2], usize, usize, usize, [usize; 4]);
+/// One case's operand shapes: queries `[b, h, m, d]`, keys `[b, h, n, d]`, the mask and
+/// the scores `[b, h, m, n]`.
+struct Shapes {
+    q: [usize; 4],
+    k: [usize; 4],
+    mask: [usize; 4],
+    scores: [usize; 4],
+}
 
-/// Cases: BERT's `[b, 1, 1, n]` padding mask, a causal
-/// `[1, 1, m, n]` and `[b, 1, m, n]` mask, a full one, one query row (a first-only last
-/// layer), and sizes 1, 3, 50.
+/// Cases: BERT's `[b, 1, 1, n]` padding mask, a causal `[1, 1, m, n]` and `[b, 1, m, n]`
+/// mask, a full one, one query row (a first-only last layer), and sizes 1, 3, 50.
 fn cases() -> Vec<Shapes> {
-    vec![
+    [
         ([2, 3], 4, 5, 3, [2, 1, 1, 5]),
         ([2, 3], 5, 5, 4, [1, 1, 5, 5]),
         ([1, 2], 3, 3, 2, [1, 2, 3, 3]),
@@ -28,13 +33,26 @@ fn cases() -> Vec<Shapes> {
         ([1, 2], 50, 50, 5, [1, 1, 50, 50]),
         ([2, 2], 3, 50, 8, [2, 1, 3, 50]),
     ]
+    .into_iter()
+    .map(|(bd, m, n, d, mask)| Shapes {
+        q: [bd[0], bd[1], m, d],
+        k: [bd[0], bd[1], n, d],
+        mask,
+        scores: [bd[0], bd[1], m, n],
+    })
+    .collect()
+}
+
+/// An input tensor of `shape`, uniform in `lo..hi`.
+fn uniform(rng: &mut Rng, shape: &[usize], lo: f32, hi: f32) -> Tensor {
+    Tensor::f32(shape.to_vec(), rng.vec(numel(shape), lo, hi))
 }
 
 /// A mask in the models' style: mostly 0, some entries `f32::MIN` (padded or future keys),
 /// never a whole row masked.
-fn mask_values(rng: &mut Rng, shape: &[usize]) -> Vec<f32> {
+fn masks(rng: &mut Rng, shape: &[usize]) -> Tensor {
     let n = shape[3];
-    (0..numel(shape))
+    let v = (0..numel(shape))
         .map(|i| {
             if i % n != 0 && rng.below(4) == 0 {
                 f32::MIN
@@ -42,30 +60,26 @@ fn mask_values(rng: &mut Rng, shape: &[usize]) -> Vec<f32> {
                 rng.uniform(-1.0, 1.0)
             }
         })
-        .collect()
+        .collect();
+    Tensor::f32(shape.to_vec(), v)
 }
 
 #[test]
 fn attn_probs_is_its_primitive_graph_bit_for_bit() {
-    for (ci, (bd, m, n, d, ms)) in cases().into_iter().enumerate() {
+    for (ci, c) in cases().iter().enumerate() {
         let mut rng = Rng::new(9100 + ci as u64);
-        let qs = [bd[0], bd[1], m, d];
-        let ks = [bd[0], bd[1], n, d];
         let mut g = Graph::new();
-        let q = data(&mut g, "q", &qs);
-        let k = data(&mut g, "k", &ks);
-        let mask = data(&mut g, "mask", &ms);
-        let scale = 1.0 / (d as f32).sqrt();
+        let q = data(&mut g, "q", &c.q);
+        let k = data(&mut g, "k", &c.k);
+        let mask = data(&mut g, "mask", &c.mask);
+        let scale = 1.0 / (c.q[3] as f32).sqrt();
         let fused = g.attn_probs(q, k, mask, scale).unwrap();
         let prim = g.attn_probs_decomposed(q, k, mask, scale).unwrap();
-        let mut inputs = HashMap::new();
-        for (name, shape, vals) in [
-            ("q", &qs[..], rng.vec(numel(&qs), -3.0, 3.0)),
-            ("k", &ks[..], rng.vec(numel(&ks), -3.0, 3.0)),
-            ("mask", &ms[..], mask_values(&mut rng, &ms)),
-        ] {
-            inputs.insert(name.to_string(), Tensor::f32(shape.to_vec(), vals));
-        }
+        let inputs = HashMap::from([
+            ("q".to_string(), uniform(&mut rng, &c.q, -3.0, 3.0)),
+            ("k".to_string(), uniform(&mut rng, &c.k, -3.0, 3.0)),
+            ("mask".to_string(), masks(&mut rng, &c.mask)),
+        ]);
         let v = run(&g, &inputs).unwrap();
         let (a, b) = (v[&fused].f(), v[&prim].f());
         assert_eq!(v[&fused].shape, v[&prim].shape, "case {ci}");
@@ -79,21 +93,19 @@ fn attn_probs_is_its_primitive_graph_bit_for_bit() {
 
 #[test]
 fn attn_probs_gradients_match_finite_differences() {
-    for (ci, (bd, m, n, d, ms)) in cases().into_iter().enumerate().take(5) {
+    for (ci, c) in cases().iter().enumerate().take(5) {
         let seed = 9200 + ci as u64 * 10;
         let mut rng = Rng::new(seed);
-        let qs = [bd[0], bd[1], m, d];
-        let ks = [bd[0], bd[1], n, d];
         let (q, k) = (
-            rng.vec(numel(&qs), -1.5, 1.5),
-            rng.vec(numel(&ks), -1.5, 1.5),
+            rng.vec(numel(&c.q), -1.5, 1.5),
+            rng.vec(numel(&c.k), -1.5, 1.5),
         );
-        let mv = rng.vec(numel(&ms), -1.0, 1.0);
+        let mv = rng.vec(numel(&c.mask), -1.0, 1.0);
         check(
             &format!("attn_probs case {ci}"),
             seed,
             FD_FINE,
-            vec![p(&qs, q), p(&ks, k), p(&ms, mv)],
+            vec![p(&c.q, q), p(&c.k, k), p(&c.mask, mv)],
             |g, ps, _| g.attn_probs(ps[0], ps[1], ps[2], 0.7).unwrap(),
         );
     }
@@ -103,26 +115,21 @@ fn attn_probs_gradients_match_finite_differences() {
 /// in how the softmax gradient is grouped).
 #[test]
 fn attn_probs_gradients_match_the_primitive_graph() {
-    for (ci, (bd, m, n, d, ms)) in cases().into_iter().enumerate() {
+    for (ci, c) in cases().iter().enumerate() {
         let mut rng = Rng::new(9300 + ci as u64);
-        let qs = [bd[0], bd[1], m, d];
-        let ks = [bd[0], bd[1], n, d];
         let mut grads = Vec::new();
-        let mut inputs = HashMap::new();
-        for (name, shape) in [("q", &qs[..]), ("k", &ks[..]), ("mask", &ms[..])] {
-            inputs.insert(
-                name.to_string(),
-                Tensor::f32(shape.to_vec(), rng.vec(numel(shape), -2.0, 2.0)),
-            );
-        }
-        let r = rng.vec(bd[0] * bd[1] * m * n, -1.0, 1.0);
-        inputs.insert("r".into(), Tensor::f32(vec![bd[0], bd[1], m, n], r));
+        let inputs = HashMap::from([
+            ("q".to_string(), uniform(&mut rng, &c.q, -2.0, 2.0)),
+            ("k".to_string(), uniform(&mut rng, &c.k, -2.0, 2.0)),
+            ("mask".to_string(), uniform(&mut rng, &c.mask, -2.0, 2.0)),
+            ("r".to_string(), uniform(&mut rng, &c.scores, -1.0, 1.0)),
+        ]);
         for fused in [true, false] {
             let mut g = Graph::new();
-            let q = param(&mut g, "q", &qs);
-            let k = param(&mut g, "k", &ks);
-            let mask = param(&mut g, "mask", &ms);
-            let rr = data(&mut g, "r", &[bd[0], bd[1], m, n]);
+            let q = param(&mut g, "q", &c.q);
+            let k = param(&mut g, "k", &c.k);
+            let mask = param(&mut g, "mask", &c.mask);
+            let rr = data(&mut g, "r", &c.scores);
             let pr = if fused {
                 g.attn_probs(q, k, mask, 0.35).unwrap()
             } else {
@@ -198,15 +205,13 @@ fn attention_ops_reject_bad_shapes_and_second_derivatives() {
 fn expansion_for_cuda_keeps_every_bit() {
     use lorac_compiler::lower::{cuda, Step};
     use lorac_compiler::passes::expand_attention;
-    for (ci, (bd, m, n, d, ms)) in cases().into_iter().enumerate() {
+    for (ci, c) in cases().iter().enumerate() {
         let mut rng = Rng::new(9400 + ci as u64);
-        let qs = [bd[0], bd[1], m, d];
-        let ks = [bd[0], bd[1], n, d];
         let mut g = Graph::new();
-        let q = param(&mut g, "q", &qs);
-        let k = param(&mut g, "k", &ks);
-        let mask = data(&mut g, "mask", &ms);
-        let r = data(&mut g, "r", &[bd[0], bd[1], m, n]);
+        let q = param(&mut g, "q", &c.q);
+        let k = param(&mut g, "k", &c.k);
+        let mask = data(&mut g, "mask", &c.mask);
+        let r = data(&mut g, "r", &c.scores);
         let pr = g.attn_probs(q, k, mask, 0.4).unwrap();
         let prod = g.times(pr, r).unwrap();
         let loss = g.sum_all(prod).unwrap();
@@ -214,15 +219,12 @@ fn expansion_for_cuda_keeps_every_bit() {
         g.set_output("probs", pr);
         g.set_output("dq", gs[0].unwrap());
         g.set_output("dk", gs[1].unwrap());
-        let mut inputs = HashMap::new();
-        for (name, shape) in [("q", &qs[..]), ("k", &ks[..]), ("r", &[bd[0], bd[1], m, n])] {
-            let v = rng.vec(numel(shape), -2.0, 2.0);
-            inputs.insert(name.to_string(), Tensor::f32(shape.to_vec(), v));
-        }
-        inputs.insert(
-            "mask".into(),
-            Tensor::f32(ms.to_vec(), mask_values(&mut rng, &ms)),
-        );
+        let inputs = HashMap::from([
+            ("q".to_string(), uniform(&mut rng, &c.q, -2.0, 2.0)),
+            ("k".to_string(), uniform(&mut rng, &c.k, -2.0, 2.0)),
+            ("r".to_string(), uniform(&mut rng, &c.scores, -2.0, 2.0)),
+            ("mask".to_string(), masks(&mut rng, &c.mask)),
+        ]);
         let mut e = g.clone();
         assert_eq!(expand_attention::run(&mut e).unwrap(), 2, "case {ci}");
         let attn = |g: &Graph| {
