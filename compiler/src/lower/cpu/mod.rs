@@ -5,6 +5,7 @@ pub mod codegen;
 pub mod math;
 pub mod phases;
 pub mod wide;
+pub mod wide_dot;
 
 use crate::lower::kernel::Kernel;
 use cranelift_codegen::ir::{types, AbiParam, Type, UserFuncName};
@@ -91,6 +92,7 @@ pub fn compile_with(kernels: &[Kernel], use_wide: bool) -> Result<CpuKernels, St
         for (name, p) in wide::NAMES.iter().zip(wide::pointers()) {
             jb.symbol(*name, p);
         }
+        jb.symbol(wide_dot::NAME, wide_dot::pointer());
     }
     let mut module = JITModule::new(jb);
     let mut lib_ids = vec![];
@@ -104,6 +106,8 @@ pub fn compile_with(kernels: &[Kernel], use_wide: bool) -> Result<CpuKernels, St
         for name in wide::NAMES {
             wide_ids.push(import(&mut module, name, &[types::I64; 3], None)?);
         }
+        let params = [types::I64; wide_dot::ARITY];
+        wide_ids.push(import(&mut module, wide_dot::NAME, &params, None)?);
     }
     let mut ctx = module.make_context();
     let mut fctx = FunctionBuilderContext::new();

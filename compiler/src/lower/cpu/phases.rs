@@ -1,13 +1,15 @@
-//! Maps with `exp` or `erf` on a host with AVX-512: each row's vector part runs in chunks,
-//! and each chunk in phases. A phase is an f32x4 loop over the chunk for the instructions of
-//! one level; between phases, one call per transcendental computes it over the whole chunk
-//! 16 lanes at a time ([`super::wide`]). Values that cross a phase boundary go through
+//! Maps with `exp`, `erf` or a fused product (`Dot`) on a host with AVX-512: each row's
+//! vector part runs in chunks, and each chunk in phases. A phase is an f32x4 loop over the
+//! chunk for the instructions of one level; before each phase's loop, one call per
+//! transcendental or product of that level computes it over the whole chunk 16 lanes at a
+//! time ([`super::wide`], [`super::wide_dot`]). Values that cross a phase boundary go through
 //! scratch rows on the stack (L1-resident). Every element sees the same operations as in the
 //! one-loop form, so results are unchanged bit for bit; only the lane width differs.
 
 use super::codegen::{mem, RowOp};
 use super::math::Math;
 use super::wide;
+use crate::lower::kernel::dot_k;
 use crate::lower::kernel::{Form, Inst, Kernel};
 use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{
@@ -52,9 +54,10 @@ fn wide_call(i: &Inst) -> Option<(usize, usize)> {
     }
 }
 
-/// Whether `i` is computed by a wide call.
+/// Whether `i` is computed by a wide call: a transcendental, or a product ([`Inst::Dot`],
+/// level 0: it reads only the kernel's factor operands).
 fn is_wide(i: &Inst) -> bool {
-    wide_call(i).is_some()
+    wide_call(i).is_some() || matches!(i, Inst::Dot(..))
 }
 
 /// Address of scratch row `s` (rows are `CHUNK` elements apart).
@@ -105,14 +108,23 @@ fn operands(i: &Inst) -> Vec<usize> {
     }
 }
 
-/// The phases of `k`, when it is a map with a wide instruction, at least 16 vector elements
-/// per row, no fused product (whose factor splats ride one loop), and at most
+/// Largest product factor (`k × inner` values) whose map runs in phases for the product
+/// alone: the wide call reads the factor once per row, so it must stay in L1. Measured on
+/// MiniLM's maps: `[8 x 384]` (12 KiB) 0.46 → 0.35 ms a call; `[8 x 1536]` (48 KiB) 1.23 →
+/// 1.39 ms, so larger factors keep the one-loop form unless a transcendental pays for it.
+const DOT_ALONE_BYTES: usize = 32 << 10;
+
+/// The phases of `k`, when it is a map with a transcendental (or a product whose factor
+/// fits [`DOT_ALONE_BYTES`]), at least 16 vector elements per row, and at most
 /// [`MAX_SLOTS`] values crossing phases.
 pub fn plan(k: &Kernel) -> Option<Phases> {
-    let eligible = k.form == Form::Map
-        && k.inner / 4 * 4 >= 16
-        && k.body.iter().any(is_wide)
-        && !k.body.iter().any(|i| matches!(i, Inst::Dot(..)));
+    let transcendental = k.body.iter().any(|i| wide_call(i).is_some());
+    let small_dots = k.body.iter().any(|i| matches!(i, Inst::Dot(..)))
+        && k.body.iter().all(|i| match *i {
+            Inst::Dot(a, _) => dot_k(k.operands[a]) * k.inner * 4 <= DOT_ALONE_BYTES,
+            _ => true,
+        });
+    let eligible = k.form == Form::Map && k.inner / 4 * 4 >= 16 && (transcendental || small_dots);
     if !eligible {
         return None;
     }
@@ -130,6 +142,8 @@ pub fn plan(k: &Kernel) -> Option<Phases> {
         if let Some((_, a)) = wide_call(inst) {
             // The call reads its argument, and writes its result, in scratch.
             crosses[a] = true;
+            crosses[u] = true;
+        } else if matches!(inst, Inst::Dot(..)) {
             crosses[u] = true;
         } else {
             for a in operands(inst) {
@@ -167,7 +181,8 @@ pub fn plan(k: &Kernel) -> Option<Phases> {
 }
 
 /// Emits the chunked phases for `j` in `0..nvec` of the current row (`rows`, `outs` as the
-/// one-loop form addresses them); `wide_fns` are the imported [`wide::NAMES`].
+/// one-loop form addresses them); `wide_fns` are the imported [`wide::NAMES`], then
+/// [`super::wide_dot::NAME`].
 #[allow(clippy::too_many_arguments)]
 pub(super) fn emit(
     b: &mut FunctionBuilder,
@@ -192,14 +207,27 @@ pub(super) fn emit(
     let full = b.ins().iconst(types::I64, CHUNK);
     let len = b.ins().umin(rem, full);
     for q in 0..p.phases {
-        // The wide instructions of level q (none at level 0), over the chunk, in body order.
+        // The wide instructions of level q (only products at level 0), over the chunk, in
+        // body order.
         for (w, inst) in k.body.iter().enumerate() {
-            let Some((f, a)) = wide_call(inst).filter(|_| p.level[w] == q) else {
+            if p.level[w] != q || !is_wide(inst) {
                 continue;
-            };
-            let src = slot_addr(b, scratch, p.slot[a].expect("a wide argument has a slot"));
+            }
             let dst = slot_addr(b, scratch, p.slot[w].expect("a wide result has a slot"));
-            b.ins().call(wide_fns[f], &[src, dst, len]);
+            if let Inst::Dot(qa, qb) = *inst {
+                let (RowOp::DotRows(row, _), RowOp::DotCols(base)) = (rows[qa], rows[qb]) else {
+                    unreachable!("Dot reads a DotRows and a DotCols operand (Kernel::check)")
+                };
+                let c0b = b.ins().ishl_imm_u(c0, 2);
+                let col = b.ins().iadd(base, c0b);
+                let stride = b.ins().iconst(types::I64, k.inner as i64);
+                let kk = b.ins().iconst(types::I64, dot_k(k.operands[qa]) as i64);
+                let dot = wide_fns[wide::NAMES.len()];
+                b.ins().call(dot, &[row, col, stride, kk, dst, len]);
+            } else if let Some((f, a)) = wide_call(inst) {
+                let src = slot_addr(b, scratch, p.slot[a].expect("a wide argument has a slot"));
+                b.ins().call(wide_fns[f], &[src, dst, len]);
+            }
         }
         phase_loop(b, k, p, q, m, rows, outs, c0, len, scratch);
     }
@@ -244,7 +272,7 @@ fn phase_loop(
                 }
                 RowOp::Scalar(s) => b.ins().splat(types::F32X4, s),
                 RowOp::DotRows(..) | RowOp::DotCols(_) => {
-                    unreachable!("phased maps hold no fused product (plan)")
+                    unreachable!("only Dot reads a product's factors (Kernel::check)")
                 }
             },
             Inst::Const(c) => m.k(b, c),
@@ -318,9 +346,15 @@ mod tests {
     /// (if any) written over `x`'s own buffer, and checks every output against the kernel
     /// interpreter bit for bit.
     fn check_forced(k: &Kernel, x: &[f32], s: &[f32], over: Option<usize>) {
+        check_forced_with(k, x, s, &[], over);
+    }
+
+    /// [`check_forced`] with further operands after `x` and `s` (a product's factors).
+    fn check_forced_with(k: &Kernel, x: &[f32], s: &[f32], more: &[&[f32]], over: Option<usize>) {
         let len = k.rows * k.inner;
         let mut want = vec![vec![0f32; len]; k.outputs.len()];
-        k.eval_host(&[x, s], &mut want);
+        let ins: Vec<&[f32]> = [x, s].into_iter().chain(more.iter().copied()).collect();
+        k.eval_host(&ins, &mut want);
         let compiled = compile_with(std::slice::from_ref(k), true).unwrap();
         let mut got = vec![vec![-7f32; len]; k.outputs.len()];
         let mut operand = x.to_vec();
@@ -329,7 +363,11 @@ mod tests {
         }
         let mut ptrs: Vec<*mut f32> = got.iter_mut().map(|o| o.as_mut_ptr()).collect();
         let x_ptr = over.map_or(operand.as_mut_ptr(), |o| ptrs[o]);
-        ptrs.splice(0..0, [x_ptr, s.as_ptr() as *mut f32]);
+        let factors = more.iter().map(|m| m.as_ptr() as *mut f32);
+        ptrs.splice(
+            0..0,
+            [x_ptr, s.as_ptr() as *mut f32].into_iter().chain(factors),
+        );
         // SAFETY: operands and outputs hold the lengths the kernel reads and writes; a shared
         // buffer is read at each point before it is written there.
         unsafe { (compiled.fns[0])(ptrs.as_ptr(), 0, k.rows as i64) };
@@ -366,6 +404,63 @@ mod tests {
                 .map(|i| ((i * 7919 % 1000) as f32 - 500.0) / 90.0)
                 .collect();
             check_forced(&k, &x, &[0.5, -1.25, 3.0], None);
+        }
+    }
+
+    /// Fused products run as wide calls at level 0 (before a transcendental, and after one's
+    /// result is needed; alone while the factor fits in L1, else the one-loop form): equal to the interpreter bit for bit at ranks 1, 3 and
+    /// 8, for rows of one, several and partial chunks plus tails, written over `x` or not.
+    #[test]
+    fn phased_products_equal_the_interpreter() {
+        use BinaryOp::*;
+        let body = [
+            Inst::Load(0),                // v0 = x
+            Inst::Load(1),                // v1 = per-row scalar
+            Inst::Dot(2, 3),              // v2 = z·B (level 0, a call)
+            Inst::Binary(Add, 2, 0),      // v3 = v2 + x
+            Inst::Binary(Mul, 3, 1),      // v4 = v3·s (output)
+            Inst::Unary(UnaryOp::Exp, 4), // v5 (level 1)
+            Inst::Binary(Mul, 5, 2),      // v6 = v5·v2 (output: v2 crosses 0 → 1)
+        ];
+        for rank in [1, 3, 8] {
+            for inner in [16, 50, 513, 783, 1536] {
+                let mut k = map3(inner, &body, &[4, 6]);
+                k.operands
+                    .extend([Access::DotRows { k: rank }, Access::DotCols { k: rank }]);
+                let p = plan(&k).expect("eligible");
+                assert_eq!(p.count(), 2);
+                let x: Vec<f32> = (0..3 * inner)
+                    .map(|i| ((i * 7919 % 1000) as f32 - 500.0) / 900.0)
+                    .collect();
+                let z: Vec<f32> = (0..3 * rank).map(|i| (i as f32 - 4.0) * 0.31).collect();
+                let bm: Vec<f32> = (0..rank * inner)
+                    .map(|i| ((i * 104_729 % 1000) as f32 - 500.0) / 700.0)
+                    .collect();
+                for over in [None, Some(0)] {
+                    check_forced_with(&k, &x, &[0.5, -1.25, 3.0], &[&z, &bm], over);
+                }
+                // A product alone is a one-phase map while its factor fits in L1.
+                let alone = [Inst::Load(0), Inst::Dot(1, 2), Inst::Binary(Add, 1, 0)];
+                let mut k = map3(inner, &alone, &[2]);
+                k.operands[1] = Access::DotRows { k: rank };
+                k.operands.push(Access::DotCols { k: rank });
+                let fits = rank * inner * 4 <= DOT_ALONE_BYTES;
+                assert_eq!(
+                    plan(&k).map(|p| p.count()),
+                    fits.then_some(1),
+                    "{rank} {inner}"
+                );
+                let len = 3 * inner;
+                let mut want = vec![vec![0f32; len]];
+                k.eval_host(&[&x, &z, &bm], &mut want);
+                let compiled = compile_with(std::slice::from_ref(&k), true).unwrap();
+                let mut got = vec![-7f32; len];
+                let ptrs = [x.as_ptr(), z.as_ptr(), bm.as_ptr(), got.as_mut_ptr()];
+                // SAFETY: operands and the output hold the lengths the kernel touches.
+                unsafe { (compiled.fns[0])(ptrs.as_ptr() as *const *mut f32, 0, 3) };
+                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&got), bits(&want[0]), "rank {rank} inner {inner}");
+            }
         }
     }
 
