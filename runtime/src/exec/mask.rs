@@ -1,6 +1,6 @@
 //! Dropout factors for runs of consecutive element indices: `out[j]` is
-//! `ops::random::factor_at(stream, first + j, p)`, computed 8 at a time with AVX-512 (64-bit
-//! multiplies) when the CPU has it, bit for bit the same as the scalar definition; and the
+//! `ops::random::factor_at(stream, first + j, p)`, computed 16 at a time with AVX-512 (8
+//! 64-bit mixes, two draws each) when the CPU has it, bit for bit the same as the scalar definition; and the
 //! same draws as keep bits (`routing::keep_words`), with their use as factors.
 
 use lorac_compiler::ir::ops::random::{factor_at, kept_factor};
@@ -103,66 +103,69 @@ pub fn scalar(stream: u64, first: u64, p: f32, out: &mut [f32]) {
 mod avx512 {
     use std::arch::x86_64::*;
 
-    /// The splitmix64 finaliser of `random.rs` on 8 lanes, and its keep test as an integer
-    /// compare: `(h >> 40) · 2⁻²⁴ ≥ p` ⇔ `h >> 40 ≥ ⌈p · 2²⁴⌉` (both sides are exact).
-    #[target_feature(enable = "avx512f,avx512dq,avx512vl")]
-    pub unsafe fn factors(stream: u64, first: u64, p: f32, out: &mut [f32]) {
-        let threshold = (p as f64 * 16_777_216.0).ceil() as u64;
-        let scale = super::kept_factor(p);
+    /// The keep test as an integer compare: `d · 2⁻²⁴ ≥ p` ⇔ `d ≥ ⌈p · 2²⁴⌉` (both sides
+    /// exact), for `p` in [0, 1].
+    fn threshold(p: f32) -> u32 {
+        (p as f64 * 16_777_216.0).ceil() as u32
+    }
+
+    /// The keep bits of elements `2·half .. 2·half + 16` of a stream: the splitmix64
+    /// finaliser of `random.rs` on 8 lanes (`mix(stream + half + m)`), then each 32-bit
+    /// half's top 24 bits; in the 32-bit view lane `i` holds element `2·half + i`'s draw
+    /// (`random::draw_at`).
+    #[inline(always)]
+    unsafe fn pairs16(stream: u64, half: u64, t: __m512i) -> u16 {
         let (c1, c2) = (
             _mm512_set1_epi64(0xbf58_476d_1ce4_e5b9_u64 as i64),
             _mm512_set1_epi64(0x94d0_49bb_1331_11eb_u64 as i64),
         );
-        let lanes = _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0);
-        let t = _mm512_set1_epi64(threshold as i64);
-        let (zero, kept) = (_mm256_setzero_ps(), _mm256_set1_ps(scale));
-        let full = out.len() / 8 * 8;
-        for j in (0..full).step_by(8) {
-            let base = _mm512_set1_epi64(stream.wrapping_add(first).wrapping_add(j as u64) as i64);
-            let mut z = _mm512_add_epi64(base, lanes);
-            z = _mm512_mullo_epi64(_mm512_xor_si512(z, _mm512_srli_epi64(z, 30)), c1);
-            z = _mm512_mullo_epi64(_mm512_xor_si512(z, _mm512_srli_epi64(z, 27)), c2);
-            z = _mm512_xor_si512(z, _mm512_srli_epi64(z, 31));
-            let keep = _mm512_cmpge_epu64_mask(_mm512_srli_epi64(z, 40), t);
-            let f = _mm256_mask_blend_ps(keep, zero, kept);
-            // SAFETY: j + 8 <= full <= out.len().
-            _mm256_storeu_ps(out.as_mut_ptr().add(j), f);
+        let base = _mm512_set1_epi64(stream.wrapping_add(half) as i64);
+        let mut z = _mm512_add_epi64(base, _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0));
+        z = _mm512_mullo_epi64(_mm512_xor_si512(z, _mm512_srli_epi64(z, 30)), c1);
+        z = _mm512_mullo_epi64(_mm512_xor_si512(z, _mm512_srli_epi64(z, 27)), c2);
+        z = _mm512_xor_si512(z, _mm512_srli_epi64(z, 31));
+        _mm512_cmpge_epu32_mask(_mm512_srli_epi32(z, 8), t)
+    }
+
+    /// The keep bits of elements `idx..idx + 16` of a stream: one `pairs16` from an even
+    /// index, two shifted by one from an odd one.
+    #[inline(always)]
+    unsafe fn keep16(stream: u64, idx: u64, threshold: u32) -> __mmask16 {
+        let t = _mm512_set1_epi32(threshold as i32);
+        let half = idx >> 1;
+        if idx & 1 == 0 {
+            pairs16(stream, half, t)
+        } else {
+            let lo = pairs16(stream, half, t) as u32;
+            let hi = pairs16(stream, half.wrapping_add(8), t) as u32;
+            ((lo | hi << 16) >> 1) as u16
+        }
+    }
+
+    /// `super::factors`: 16 lanes per `keep16`, the rest by the definition.
+    #[target_feature(enable = "avx512f,avx512dq,avx512vl")]
+    pub unsafe fn factors(stream: u64, first: u64, p: f32, out: &mut [f32]) {
+        let t = threshold(p);
+        let scale = super::kept_factor(p);
+        let full = out.len() / 16 * 16;
+        for j in (0..full).step_by(16) {
+            let f = factors16(stream, first.wrapping_add(j as u64), t, scale);
+            // SAFETY: j + 16 <= full <= out.len().
+            _mm512_storeu_ps(out.as_mut_ptr().add(j), f);
         }
         super::scalar(stream, first + full as u64, p, &mut out[full..]);
     }
 
-    /// The keep bits of elements `idx..idx + 16` of a stream (`factors`' test, 16 lanes).
-    #[inline(always)]
-    unsafe fn keep16(stream: u64, idx: u64, threshold: u64) -> __mmask16 {
-        let (c1, c2) = (
-            _mm512_set1_epi64(0xbf58_476d_1ce4_e5b9_u64 as i64),
-            _mm512_set1_epi64(0x94d0_49bb_1331_11eb_u64 as i64),
-        );
-        let t = _mm512_set1_epi64(threshold as i64);
-        let base = _mm512_set1_epi64(stream.wrapping_add(idx) as i64);
-        let mut z0 = _mm512_add_epi64(base, _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0));
-        let mut z1 = _mm512_add_epi64(base, _mm512_set_epi64(15, 14, 13, 12, 11, 10, 9, 8));
-        z0 = _mm512_mullo_epi64(_mm512_xor_si512(z0, _mm512_srli_epi64(z0, 30)), c1);
-        z1 = _mm512_mullo_epi64(_mm512_xor_si512(z1, _mm512_srli_epi64(z1, 30)), c1);
-        z0 = _mm512_mullo_epi64(_mm512_xor_si512(z0, _mm512_srli_epi64(z0, 27)), c2);
-        z1 = _mm512_mullo_epi64(_mm512_xor_si512(z1, _mm512_srli_epi64(z1, 27)), c2);
-        z0 = _mm512_xor_si512(z0, _mm512_srli_epi64(z0, 31));
-        z1 = _mm512_xor_si512(z1, _mm512_srli_epi64(z1, 31));
-        let k0 = _mm512_cmpge_epu64_mask(_mm512_srli_epi64(z0, 40), t);
-        let k1 = _mm512_cmpge_epu64_mask(_mm512_srli_epi64(z1, 40), t);
-        (k0 as u16) | ((k1 as u16) << 8)
-    }
-
     /// The factors of elements `idx..idx + 16`: `scale` where kept, else 0.
     #[inline(always)]
-    unsafe fn factors16(stream: u64, idx: u64, threshold: u64, scale: f32) -> __m512 {
+    unsafe fn factors16(stream: u64, idx: u64, threshold: u32, scale: f32) -> __m512 {
         let keep = keep16(stream, idx, threshold);
         _mm512_mask_blend_ps(keep, _mm512_setzero_ps(), _mm512_set1_ps(scale))
     }
 
     #[target_feature(enable = "avx512f,avx512dq,avx512vl")]
     pub unsafe fn apply(stream: u64, first: u64, p: f32, x: &[f32], out: &mut [f32]) {
-        let threshold = (p as f64 * 16_777_216.0).ceil() as u64;
+        let threshold = threshold(p);
         let scale = super::kept_factor(p);
         let n = x.len().min(out.len());
         let full = n / 16 * 16;
@@ -180,9 +183,23 @@ mod avx512 {
     /// `super::keep_words`: 16 draws per `keep16`, the last partial group masked to `n`.
     #[target_feature(enable = "avx512f,avx512dq,avx512vl")]
     pub unsafe fn keep_words(stream: u64, first: u64, p: f32, n: usize, out: &mut [i64]) {
-        let threshold = (p as f64 * 16_777_216.0).ceil() as u64;
+        let threshold = threshold(p);
         out.fill(0);
-        for j in (0..n).step_by(16) {
+        // Whole words from an even index: four independent `pairs16` chains at a time.
+        let mut j = 0;
+        if first & 1 == 0 {
+            let t = _mm512_set1_epi32(threshold as i32);
+            while j + 64 <= n {
+                let half = first.wrapping_add(j as u64) >> 1;
+                let k0 = pairs16(stream, half, t) as u64;
+                let k1 = pairs16(stream, half.wrapping_add(8), t) as u64;
+                let k2 = pairs16(stream, half.wrapping_add(16), t) as u64;
+                let k3 = pairs16(stream, half.wrapping_add(24), t) as u64;
+                out[j / 64] = (k0 | k1 << 16 | k2 << 32 | k3 << 48) as i64;
+                j += 64;
+            }
+        }
+        for j in (j..n).step_by(16) {
             let mut k = keep16(stream, first.wrapping_add(j as u64), threshold) as u64;
             if n - j < 16 {
                 k &= (1u64 << (n - j)) - 1;

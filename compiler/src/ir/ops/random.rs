@@ -15,18 +15,28 @@ fn mix(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// The stream of one (seed, site): element `i`'s draw is `mix(stream + i)`.
+/// The stream of one (seed, site): element `i`'s draw comes from `mix(stream + i / 2)`
+/// ([`draw_at`]).
 #[inline]
 pub fn stream(seed: u64, salt: u64) -> u64 {
     mix(seed ^ salt.wrapping_mul(0x9e37_79b9_7f4a_7c15))
 }
 
-/// True when element `i` of a stream is kept: its uniform draw in [0, 1) (24 bits) is at
-/// least `p`.
+/// Element `i`'s 24-bit draw: each mix feeds two elements, one per 32-bit half (element
+/// `2m` the low half of `mix(stream + m)`, `2m + 1` the high), each half's top 24 bits. Half
+/// the multiplies of one mix per element, and in 32-bit lanes element `i` sits in lane `i`,
+/// so a 16-lane test needs no shuffle (`exec::mask`).
+#[inline]
+pub fn draw_at(stream: u64, i: u64) -> u32 {
+    let h = mix(stream.wrapping_add(i >> 1));
+    ((h >> (32 * (i & 1))) as u32) >> 8
+}
+
+/// True when element `i` of a stream is kept: its uniform draw in [0, 1) (24 bits,
+/// [`draw_at`]) is at least `p`.
 #[inline]
 pub fn keep_at(stream: u64, i: u64, p: f32) -> bool {
-    let h = mix(stream.wrapping_add(i));
-    ((h >> 40) as f32) * (1.0 / 16_777_216.0) >= p
+    (draw_at(stream, i) as f32) * (1.0 / 16_777_216.0) >= p
 }
 
 /// True when element `i` is kept: its uniform draw in [0, 1) (24 bits) is at least `p`.
