@@ -1,7 +1,8 @@
 //! Dropout factors for runs of consecutive element indices: `out[j]` is
 //! `ops::random::factor_at(stream, first + j, p)`, computed 16 at a time with AVX-512 (8
-//! 64-bit mixes, two draws each) when the CPU has it, bit for bit the same as the scalar definition; and the
-//! same draws as keep bits (`routing::keep_words`), with their use as factors.
+//! 64-bit mixes, two draws each) when the CPU has it, bit for bit the same as the scalar
+//! definition; and the same draws as keep bits (`routing::keep_words`), with their use as
+//! factors.
 
 use lorac_compiler::ir::ops::random::{factor_at, kept_factor};
 use lorac_compiler::ir::ops::routing;
@@ -296,7 +297,12 @@ mod tests {
         }
         // Keep bits equal the definition's, bits past `n` clear, at every length and
         // alignment of the first element.
-        for (stream, first) in [(7u64, 0u64), (u64::MAX - 9, 13), (0xabcdef, 1 << 33)] {
+        for (stream, first) in [
+            (7u64, 0u64),
+            (0x55, 2),
+            (u64::MAX - 9, 13),
+            (0xabcdef, 1 << 33),
+        ] {
             for p in [0.0f32, 0.05, 0.5, 1.0] {
                 for n in [0, 1, 15, 16, 17, 63, 64, 65, 383, 384, 1536] {
                     let w = routing::words(n);

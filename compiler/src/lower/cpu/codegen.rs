@@ -105,8 +105,9 @@ fn body(
 
 /// Emits the kernel's function body into `b` (whose signature is `(i64, i64, i64)`). A
 /// column sum also reads four f64 scratch rows (zeroed by the caller; row r adds into scratch
-/// row r mod 4) after its output pointer. `wide_fns` (the imported [`super::wide::NAMES`], or
-/// none) let maps with `exp` or `erf` run in phases ([`phases`]).
+/// row r mod 4) after its output pointer. `wide_fns` (the imported [`super::wide::NAMES`] then
+/// [`super::wide_dot::NAME`], or none) let maps with `exp`, `erf` or a fused product run in
+/// phases ([`phases`]).
 pub fn define(b: &mut FunctionBuilder, k: &Kernel, libm: &[FuncRef], wide_fns: &[FuncRef]) {
     let entry = b.create_block();
     b.append_block_params_for_function_params(entry);

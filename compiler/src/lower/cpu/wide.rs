@@ -75,7 +75,7 @@ mod avx512 {
 
     /// Vectors per step of the main loop: one vector's chain is long and serial (~45
     /// dependent operations), so four interleaved chains keep the FMA ports busy (erf
-    /// 1.35 → ~0.6 ns an element on one core; the bits are unchanged).
+    /// 1.35 → ~0.76 ns an element on one core; the bits are unchanged).
     const N: usize = 4;
 
     /// Applies [`erf`] (`ERF`) or [`exp`] 16 lanes at a time, `N` vectors a step (inlined: a
