@@ -104,10 +104,11 @@ pub fn scalar(stream: u64, first: u64, p: f32, out: &mut [f32]) {
 mod avx512 {
     use std::arch::x86_64::*;
 
-    /// The keep test as an integer compare: `d · 2⁻²⁴ ≥ p` ⇔ `d ≥ ⌈p · 2²⁴⌉` (both sides
-    /// exact), for `p` in [0, 1].
-    fn threshold(p: f32) -> u32 {
-        (p as f64 * 16_777_216.0).ceil() as u32
+    /// The keep test as an integer compare, in every 32-bit lane: `d · 2⁻²⁴ ≥ p` ⇔
+    /// `d ≥ ⌈p · 2²⁴⌉` (both sides exact), for `p` in [0, 1].
+    #[inline(always)]
+    unsafe fn threshold(p: f32) -> __m512i {
+        _mm512_set1_epi32((p as f64 * 16_777_216.0).ceil() as u32 as i32)
     }
 
     /// The keep bits of elements `2·half .. 2·half + 16` of a stream: the splitmix64
@@ -131,8 +132,7 @@ mod avx512 {
     /// The keep bits of elements `idx..idx + 16` of a stream: one `pairs16` from an even
     /// index, two shifted by one from an odd one.
     #[inline(always)]
-    unsafe fn keep16(stream: u64, idx: u64, threshold: u32) -> __mmask16 {
-        let t = _mm512_set1_epi32(threshold as i32);
+    unsafe fn keep16(stream: u64, idx: u64, t: __m512i) -> __mmask16 {
         let half = idx >> 1;
         if idx & 1 == 0 {
             pairs16(stream, half, t)
@@ -159,19 +159,19 @@ mod avx512 {
 
     /// The factors of elements `idx..idx + 16`: `scale` where kept, else 0.
     #[inline(always)]
-    unsafe fn factors16(stream: u64, idx: u64, threshold: u32, scale: f32) -> __m512 {
-        let keep = keep16(stream, idx, threshold);
+    unsafe fn factors16(stream: u64, idx: u64, t: __m512i, scale: f32) -> __m512 {
+        let keep = keep16(stream, idx, t);
         _mm512_mask_blend_ps(keep, _mm512_setzero_ps(), _mm512_set1_ps(scale))
     }
 
     #[target_feature(enable = "avx512f,avx512dq,avx512vl")]
     pub unsafe fn apply(stream: u64, first: u64, p: f32, x: &[f32], out: &mut [f32]) {
-        let threshold = threshold(p);
+        let t = threshold(p);
         let scale = super::kept_factor(p);
         let n = x.len().min(out.len());
         let full = n / 16 * 16;
         for j in (0..full).step_by(16) {
-            let f = factors16(stream, first.wrapping_add(j as u64), threshold, scale);
+            let f = factors16(stream, first.wrapping_add(j as u64), t, scale);
             // SAFETY: j + 16 <= full <= both lengths.
             let v = _mm512_mul_ps(_mm512_loadu_ps(x.as_ptr().add(j)), f);
             _mm512_storeu_ps(out.as_mut_ptr().add(j), v);
@@ -181,15 +181,14 @@ mod avx512 {
         }
     }
 
-    /// `super::keep_words`: 16 draws per `keep16`, the last partial group masked to `n`.
+    /// `super::keep_words`: from an even first index, whole words as four `pairs16`
+    /// chains; the rest 16 draws per `keep16`, the last partial group masked to `n`.
     #[target_feature(enable = "avx512f,avx512dq,avx512vl")]
     pub unsafe fn keep_words(stream: u64, first: u64, p: f32, n: usize, out: &mut [i64]) {
-        let threshold = threshold(p);
+        let t = threshold(p);
         out.fill(0);
-        // Whole words from an even index: four independent `pairs16` chains at a time.
         let mut j = 0;
         if first & 1 == 0 {
-            let t = _mm512_set1_epi32(threshold as i32);
             while j + 64 <= n {
                 let half = first.wrapping_add(j as u64) >> 1;
                 let k0 = pairs16(stream, half, t) as u64;
@@ -201,7 +200,7 @@ mod avx512 {
             }
         }
         for j in (j..n).step_by(16) {
-            let mut k = keep16(stream, first.wrapping_add(j as u64), threshold) as u64;
+            let mut k = keep16(stream, first.wrapping_add(j as u64), t) as u64;
             if n - j < 16 {
                 k &= (1u64 << (n - j)) - 1;
             }

@@ -74,35 +74,21 @@ pub fn keep(
 
 /// `Op::RoutedProject`: `x[T, n]`, `a[Q, n]` → `out[T, Q]`, parallel over rows.
 pub fn project(x: &[f32], a: &[f32], n: usize, r: &Routing<'_>, out: &mut [f32]) {
+    project_with(x, a, n, r, out, fused_available());
+}
+
+/// [`project`], each row's dropped copies formed in registers with two projections at once
+/// (`avx512::masked_dots`; `fused`, which needs AVX-512F), or as the definition writes it:
+/// each selected expert's dropped row, then one `dot16` per result column.
+fn project_with(x: &[f32], a: &[f32], n: usize, r: &Routing<'_>, out: &mut [f32], fused: bool) {
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = fused;
     // Q from the output (`a` is empty when n = 0).
     let rows = r.mask.len() / r.experts.max(1);
     let q = out.len() / rows.max(1);
     let d = q / r.experts.max(1);
     #[cfg(target_arch = "x86_64")]
-    if fused_available() {
-        // SAFETY: the feature was detected just above.
-        unsafe { project_fused(x, a, n, r, out, q, d) };
-        return;
-    }
-    project_def(x, a, n, r, out, q, d);
-}
-
-/// [`project`] with AVX-512: each row's dropped copies are formed in registers and two
-/// projections run at once (`avx512::masked_dots`), the chains of [`project_def`].
-///
-/// # Safety
-/// The CPU must have AVX-512F.
-#[cfg(target_arch = "x86_64")]
-unsafe fn project_fused(
-    x: &[f32],
-    a: &[f32],
-    n: usize,
-    r: &Routing<'_>,
-    out: &mut [f32],
-    q: usize,
-    d: usize,
-) {
-    {
+    if fused {
         out.par_chunks_mut(q.max(1)).enumerate().for_each(|(t, o)| {
             o.fill(0.0);
             let xr = &x[t * n..(t + 1) * n];
@@ -110,31 +96,18 @@ unsafe fn project_fused(
             let mut pairs = r.pairs(t, d);
             while let Some((i0, c0)) = pairs.next() {
                 let first = (r.bits(t, i0), &a[c0 * n..(c0 + 1) * n]);
+                // SAFETY (both calls): `fused` means the feature was detected.
                 if let Some((i1, c1)) = pairs.next() {
                     let second = (r.bits(t, i1), &a[c1 * n..(c1 + 1) * n]);
-                    // SAFETY: the feature was detected above.
                     let [y0, y1] = unsafe { avx512::masked_dots(xr, [first, second], r.scale) };
                     (o[c0], o[c1]) = (y0, y1);
                 } else {
-                    // SAFETY: as above.
                     o[c0] = unsafe { avx512::masked_dots(xr, [first], r.scale) }[0];
                 }
             }
         });
+        return;
     }
-}
-
-/// [`project`] as the definition writes it: each selected expert's dropped row, then one
-/// `dot16` per result column.
-fn project_def(
-    x: &[f32],
-    a: &[f32],
-    n: usize,
-    r: &Routing<'_>,
-    out: &mut [f32],
-    q: usize,
-    d: usize,
-) {
     out.par_chunks_mut(q.max(1)).enumerate().for_each_init(
         || vec![0f32; n],
         |u, (t, o)| {
@@ -172,6 +145,8 @@ fn fused_available() -> bool {
 fn expand_with(g: &[f32], a: &[f32], n: usize, r: &Routing<'_>, out: &mut [f32], fused: bool) {
     let q = a.len() / n.max(1);
     let d = q / r.experts.max(1);
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = fused;
     #[cfg(target_arch = "x86_64")]
     if fused {
         // Per row: each selected slot's keep bits and where its terms end, and the terms
@@ -197,7 +172,6 @@ fn expand_with(g: &[f32], a: &[f32], n: usize, r: &Routing<'_>, out: &mut [f32],
         );
         return;
     }
-    let _ = fused;
     out.par_chunks_mut(n.max(1)).enumerate().for_each_init(
         || vec![0f32; n],
         |v, (t, o)| {
@@ -614,9 +588,8 @@ mod tests {
                         .collect();
                     let q = e * d;
                     let (mut fused, mut def) = (vec![7f32; t * q], vec![7f32; t * q]);
-                    // SAFETY: the feature was detected above.
-                    unsafe { project_fused(&x, &a, n, &r, &mut fused, q, d) };
-                    project_def(&x, &a, n, &r, &mut def, q, d);
+                    project_with(&x, &a, n, &r, &mut fused, true);
+                    project_with(&x, &a, n, &r, &mut def, false);
                     // Bit for bit, NaN as NaN (which operand's NaN an fma passes on
                     // depends on register allocation).
                     let same = |a: &[f32], b: &[f32], what: &str| {

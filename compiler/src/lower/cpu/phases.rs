@@ -9,8 +9,7 @@
 use super::codegen::{mem, RowOp};
 use super::math::Math;
 use super::wide;
-use crate::lower::kernel::dot_k;
-use crate::lower::kernel::{Form, Inst, Kernel};
+use crate::lower::kernel::{dot_k, Form, Inst, Kernel};
 use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{
     types, Block, BlockArg, FuncRef, InstBuilder, StackSlotData, StackSlotKind, Value,
@@ -111,8 +110,9 @@ fn operands(i: &Inst) -> Vec<usize> {
 
 /// Most bytes of product factors (`k × inner` values each, summed over a map's products)
 /// for which a map runs in phases for its products alone: the wide call reads its factor
-/// once per row, so the factors must stay in L1. Measured on MiniLM's maps: `[8 x 384]` (12 KiB) 0.46 → 0.35 ms a call; `[8 x 1536]` (48 KiB) 1.23 →
-/// 1.39 ms, so larger factors keep the one-loop form unless a transcendental pays for it.
+/// once per row, so the factors must stay in L1. Measured on MiniLM's maps: `[8 x 384]`
+/// (12 KiB) 0.46 → 0.35 ms a call; `[8 x 1536]` (48 KiB) 1.23 → 1.39 ms, so larger factors
+/// keep the one-loop form unless a transcendental pays for it.
 const DOT_ALONE_BYTES: usize = 32 << 10;
 
 /// The phases of `k`, when it is a map with a transcendental (or products whose factors
@@ -128,8 +128,8 @@ pub fn plan(k: &Kernel) -> Option<Phases> {
             _ => 0,
         })
         .sum();
-    let small_dots =
-        k.body.iter().any(|i| matches!(i, Inst::Dot(..))) && factor_bytes <= DOT_ALONE_BYTES;
+    // `Kernel::check` gives every product k > 0, so any product makes this positive.
+    let small_dots = factor_bytes > 0 && factor_bytes <= DOT_ALONE_BYTES;
     let eligible = k.form == Form::Map && k.inner / 4 * 4 >= 16 && (transcendental || small_dots);
     if !eligible {
         return None;

@@ -119,24 +119,15 @@ mod avx512 {
         _mm512_set1_ps(c)
     }
 
-    /// `f` on each of `M` vectors, one step for all of them before the next (interleaved
-    /// chains).
-    #[inline(always)]
-    fn each<const M: usize>(x: [__m512; M], f: impl Fn(__m512) -> __m512) -> [__m512; M] {
-        x.map(f)
-    }
-
     /// `expf`, lane-wise, on `M` vectors at once.
     #[inline]
     #[target_feature(enable = "avx512f")]
     fn exp<const M: usize>(x: [__m512; M]) -> [__m512; M] {
         // `x < lo ? lo : x`, then `hi < x ? hi : x`: maxps/minps return their second
         // operand when either is NaN, so NaN passes through as in `f32::clamp`.
-        let x = each(x, |x| _mm512_min_ps(k(EXP_HI), _mm512_max_ps(k(EXP_LO), x)));
-        let kd = each(x, |x| {
-            _mm512_fmadd_ps(x, k(std::f32::consts::LOG2_E), k(EXP_SHIFT))
-        });
-        let n = each(kd, |kd| _mm512_sub_ps(kd, k(EXP_SHIFT)));
+        let x = x.map(|x| _mm512_min_ps(k(EXP_HI), _mm512_max_ps(k(EXP_LO), x)));
+        let kd = x.map(|x| _mm512_fmadd_ps(x, k(std::f32::consts::LOG2_E), k(EXP_SHIFT)));
+        let n = kd.map(|kd| _mm512_sub_ps(kd, k(EXP_SHIFT)));
         let ni: [__m512i; M] = std::array::from_fn(|j| {
             _mm512_sub_epi32(
                 _mm512_castps_si512(kd[j]),
@@ -167,10 +158,8 @@ mod avx512 {
     #[inline]
     #[target_feature(enable = "avx512f")]
     fn erf<const M: usize>(x: [__m512; M]) -> [__m512; M] {
-        let z = each(x, |x| _mm512_abs_ps(x));
-        let t = each(z, |z| {
-            _mm512_div_ps(k(1.0), _mm512_add_ps(k(1.0), _mm512_mul_ps(k(0.5), z)))
-        });
+        let z = x.map(|x| _mm512_abs_ps(x));
+        let t = z.map(|z| _mm512_div_ps(k(1.0), _mm512_add_ps(k(1.0), _mm512_mul_ps(k(0.5), z))));
         let mut acc = [k(ERF_COEFFS[0]); M];
         for &c in &ERF_COEFFS[1..] {
             acc = std::array::from_fn(|j| _mm512_fmadd_ps(t[j], acc[j], k(c)));
