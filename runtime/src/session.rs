@@ -240,7 +240,11 @@ impl<'a> Session<'a> {
             })
         };
         let t_jit = std::time::Instant::now();
-        let (grad, eval, update) = (compile(&grad)?, compile(&eval)?, compile(&update)?);
+        let (mut grad, mut eval, update) = (compile(&grad)?, compile(&eval)?, compile(&update)?);
+        // The frozen weights are final now (`init` rewrote them) and never change after.
+        let mut shared = Default::default();
+        grad.bind_frozen(&frozen, &mut shared);
+        eval.bind_frozen(&frozen, &mut shared);
         let compile_s = build_s + t_jit.elapsed().as_secs_f64();
         Ok(Session {
             cfg,

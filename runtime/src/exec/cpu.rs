@@ -4,6 +4,7 @@
 
 use super::arena::Arena;
 use super::awake;
+use super::bound::{self, Bound};
 use super::host::{self, In, Out};
 use lorac_compiler::ir::ops::thin;
 use lorac_compiler::ir::ReduceOp;
@@ -35,6 +36,9 @@ pub struct CpuProgram {
     /// Keep the other pool threads polling through a run ([`awake`]); `LORAC_NO_KEEP` (a
     /// developer switch for A/B runs) lets them sleep.
     keep_awake: bool,
+    /// Row-major copies of transposed frozen weights ([`CpuProgram::bind_frozen`]); copy `i`
+    /// is buffer `plan.bufs.len() + i`.
+    bound: Vec<Bound>,
 }
 
 /// A step kind's profile: seconds in the run, seconds replayed, calls.
@@ -102,7 +106,17 @@ impl CpuProgram {
             plan,
             mem,
             kernels,
+            bound: vec![],
         })
+    }
+
+    /// Lets the products that read a frozen weight transposed read a row-major copy made
+    /// now (shared through `shared` with the session's other programs). The weights must not
+    /// change afterwards ([`bound`]); binds once, later calls do nothing.
+    pub fn bind_frozen(&mut self, frozen: &HashMap<String, Tensor>, shared: &mut bound::Shared) {
+        if self.bound.is_empty() {
+            self.bound = bound::bind(&mut self.plan, frozen, shared);
+        }
     }
 
     /// Bytes the executor allocated for temporaries (the memory plan's peak).
@@ -152,6 +166,21 @@ impl CpuProgram {
                     None => std::ptr::null_mut(),
                 },
             });
+        }
+        // A run given another tensor than the one bound gets its own copy.
+        let mut fresh: Vec<Vec<f32>> = vec![];
+        for bd in &self.bound {
+            if ptr[bd.src] as usize == bd.at {
+                ptr.push(bd.data.as_ptr() as *mut u8);
+            } else {
+                // SAFETY: the input was checked above to hold the weight's `rows × cols`.
+                let w = unsafe {
+                    std::slice::from_raw_parts(ptr[bd.src] as *const f32, bd.rows * bd.cols)
+                };
+                let t = bound::transpose(w, bd.rows, bd.cols);
+                ptr.push(t.as_ptr() as *mut u8);
+                fresh.push(t);
+            }
         }
         // The whole run executes on a pool thread: its parallel steps then fork from a
         // worker (the idle one steals) instead of injecting into the pool from outside and

@@ -5,6 +5,7 @@
 pub mod arena;
 pub mod attention;
 pub mod awake;
+pub mod bound;
 pub mod cpu;
 pub mod cuda;
 pub mod host;
@@ -81,6 +82,14 @@ impl Program {
             Backend::Cpu => Program::Cpu(Box::new(cpu::CpuProgram::new(g)?)),
             Backend::Cuda => Program::Cuda(Box::new(cuda::CudaProgram::new(g)?)),
         })
+    }
+
+    /// Lets the CPU backend read frozen weights' transposes from row-major copies made once
+    /// ([`bound`]); the weights must not change afterwards. Other backends ignore it.
+    pub fn bind_frozen(&mut self, frozen: &HashMap<String, Tensor>, shared: &mut bound::Shared) {
+        if let Program::Cpu(p) = self {
+            p.bind_frozen(frozen, shared);
+        }
     }
 
     /// Runs with inputs looked up by name in the maps (in order); returns the named outputs.
