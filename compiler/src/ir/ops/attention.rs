@@ -7,7 +7,7 @@
 //!   vector-Jacobian product with the score scale folded in.
 
 use super::elementwise::{expf, max};
-use super::linalg::gemm_rowmajor;
+use super::linalg::{gemm_bt, gemm_rowmajor};
 use super::reduce::sum_f64;
 use super::{want_f32, Ins};
 use crate::ir::graph::{Graph, NodeId, R};
@@ -108,7 +108,8 @@ pub type RowFn = fn(&mut [f32], &[f32], f32);
 /// Score matrix `b` of `AttnProbs`: `out[m, n]` from `q[m, d]`, `k[n, d]` (row-major slices of
 /// that matrix). `kt` is scratch for `kᵀ`; `row(scores, mask row, scale)` turns a row of raw
 /// scores into probabilities exactly as [`softmax_row`] does. The product is
-/// `gemm_rowmajor`'s (`q` times a row-major copy of `kᵀ`).
+/// `gemm_rowmajor`'s (`q` times a row-major copy of `kᵀ`); where `gemm_layout_free` holds,
+/// gemm reads `kᵀ` in place with the same bits and `kt` stays unused.
 #[allow(clippy::too_many_arguments)]
 pub fn probs_matrix(
     geo: &Geometry,
@@ -122,13 +123,16 @@ pub fn probs_matrix(
     row: RowFn,
 ) {
     let (m, n, d) = (geo.m, geo.n, geo.d);
-    kt.resize(d * n, 0.0);
-    for j in 0..n {
-        for c in 0..d {
-            kt[c * n + j] = k[j * d + c];
+    // Where gemm's rounding does not depend on layout, `kᵀ` is read in place (same bits).
+    if !gemm_bt(m, d, n, q, k, out) {
+        kt.resize(d * n, 0.0);
+        for j in 0..n {
+            for c in 0..d {
+                kt[c * n + j] = k[j * d + c];
+            }
         }
+        gemm_rowmajor(m, d, n, q, kt, out);
     }
-    gemm_rowmajor(m, d, n, q, kt, out);
     if n == 0 {
         return;
     }

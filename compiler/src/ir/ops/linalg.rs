@@ -93,6 +93,44 @@ pub fn gemm_rowmajor(m: usize, k: usize, n: usize, a: &[f32], b: &[f32], out: &m
     }
 }
 
+/// `out[m, n] = a[m, k] @ btᵀ` for a row-major `bt[n, k]`, read in place, on one thread: only
+/// where [`gemm_layout_free`] holds, so the bits are those of `gemm_rowmajor` on a row-major
+/// copy of `btᵀ`. Returns `false` (and computes nothing) elsewhere.
+pub fn gemm_bt(m: usize, k: usize, n: usize, a: &[f32], bt: &[f32], out: &mut [f32]) -> bool {
+    if k == 0 || !gemm_layout_free(m, k, n) {
+        return false;
+    }
+    assert!(
+        a.len() >= m * k && bt.len() >= k * n && out.len() >= m * n,
+        "gemm operand sizes"
+    );
+    // SAFETY: the asserted lengths cover every element the strides below address.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            out.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            a.as_ptr(),
+            1,
+            k as isize,
+            bt.as_ptr(),
+            k as isize,
+            1,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+    true
+}
+
 /// Whether `gemm` rounds `[m×k] @ [k×n]` the same whatever the strides of its operands and
 /// result, so the CPU executor may read a permuted view (a head's `Kᵀ`) or write a permuted
 /// result in place while the reference interpreter multiplies row-major copies. With both
