@@ -62,35 +62,10 @@ pub fn gemm_rowmajor(m: usize, k: usize, n: usize, a: &[f32], b: &[f32], out: &m
         unsafe { thin::matmul(m, k, n, a, b, out.as_mut_ptr(), m * n * k >= 1 << 20) };
         return;
     }
-    // SAFETY: the asserted lengths cover every element the strides below address.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            out.as_mut_ptr(),
-            1,
-            n as isize,
-            false,
-            a.as_ptr(),
-            1,
-            k as isize,
-            b.as_ptr(),
-            1,
-            n as isize,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            // Large products use both cores; results do not depend on the thread count.
-            if m * n * k >= 1 << 20 {
-                gemm::Parallelism::Rayon(0)
-            } else {
-                gemm::Parallelism::None
-            },
-        );
-    }
+    // Large products use both cores; results do not depend on the thread count.
+    let par = m * n * k >= 1 << 20;
+    // SAFETY: the asserted lengths cover every element the strides address: `b` row-major.
+    unsafe { gemm_raw(m, k, n, a, (b, n as isize, 1), out, par) };
 }
 
 /// `out[m, n] = a[m, k] @ btᵀ` for a row-major `bt[n, k]`, read in place, on one thread: only
@@ -104,7 +79,26 @@ pub fn gemm_bt(m: usize, k: usize, n: usize, a: &[f32], bt: &[f32], out: &mut [f
         a.len() >= m * k && bt.len() >= k * n && out.len() >= m * n,
         "gemm operand sizes"
     );
-    // SAFETY: the asserted lengths cover every element the strides below address.
+    // SAFETY: the asserted lengths cover every element the strides address: `btᵀ` in place.
+    unsafe { gemm_raw(m, k, n, a, (bt, 1, k as isize), out, false) };
+    true
+}
+
+/// `out[m, n] = a[m, k] @ b` with `a` and `out` row-major and `b = (data, row stride, column
+/// stride)`, on both cores when `par`.
+///
+/// # Safety
+/// The strides must address elements inside the slices.
+unsafe fn gemm_raw(
+    m: usize,
+    k: usize,
+    n: usize,
+    a: &[f32],
+    b: (&[f32], isize, isize),
+    out: &mut [f32],
+    par: bool,
+) {
+    // SAFETY: the caller's contract.
     unsafe {
         gemm::gemm(
             m,
@@ -117,18 +111,21 @@ pub fn gemm_bt(m: usize, k: usize, n: usize, a: &[f32], bt: &[f32], out: &mut [f
             a.as_ptr(),
             1,
             k as isize,
-            bt.as_ptr(),
-            k as isize,
-            1,
+            b.0.as_ptr(),
+            b.2,
+            b.1,
             0.0,
             1.0,
             false,
             false,
             false,
-            gemm::Parallelism::None,
+            if par {
+                gemm::Parallelism::Rayon(0)
+            } else {
+                gemm::Parallelism::None
+            },
         );
     }
-    true
 }
 
 /// Whether `gemm` rounds `[m×k] @ [k×n]` the same whatever the strides of its operands and
